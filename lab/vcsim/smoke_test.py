@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Smoke test of the lab's vSphere simulator with pyvmomi.
+
+    python lab/vcsim/smoke_test.py ENVFILE
+
+ENVFILE is the JSON file written by ``vcsim -env`` (``lab/vcsim/vcsim.sh start``).
+Exit 0 when every step works, 1 otherwise. Steps:
+
+1. TLS: the server certificate is pinned. The SSL context trusts only the
+   certificate from ENVFILE (``cadata``, hostname checked), a connection with
+   the system trust store must fail, and the peer's SHA-256 thumbprint must
+   equal ``thumbprint_sha256``.
+2. Login with SmartConnect and that context.
+3. List the VMs through a ContainerView + PropertyCollector retrieve (never
+   reading ``vm.snapshot`` of a VM without snapshots: pyvmomi >= 8 fails on it).
+4. Create a memory snapshot on a powered-on VM, wait for the task through the
+   PropertyCollector (WaitForUpdatesEx with a timeout, no task.info polling).
+5. Remove it the same way.
+6. Write real bytes into the datastore's local folder and fetch a slice of
+   them over HTTPS GET ``/folder/<path>?dcPath=<dc>&dsName=<ds>`` with a Range
+   header (session cookie sent, as a real ESXi wants it).
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.parse
+
+try:
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVmomi import vim, vmodl
+    import pyVmomi
+except ImportError as exc:  # pragma: no cover - environment problem
+    sys.exit("smoke_test: pyvmomi is not installed (pip install 'pyvmomi>=8'): %s" % exc)
+
+TASK_TIMEOUT = 30  # seconds, whole wait for one task
+WAIT_SLICE = 5  # seconds, maxWaitSeconds of one WaitForUpdatesEx call
+
+
+class SmokeError(Exception):
+    pass
+
+
+def log(msg):
+    print("smoke_test: " + msg, flush=True)
+
+
+def check(cond, msg):
+    if not cond:
+        raise SmokeError(msg)
+
+
+def ssl_context(env):
+    """A context that trusts only the simulator's own certificate."""
+    ctx = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cadata=env["cert_pem"])
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def norm_thumbprint(value):
+    return value.replace(":", "").lower()
+
+
+def check_tls(env, ctx):
+    host, port = env["host"], env["port"]
+    # The pinned context verifies and the peer cert is the announced one.
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+    conn.request("GET", "/sdk/vimServiceVersions.xml")
+    resp = conn.getresponse()
+    resp.read()
+    der = conn.sock.getpeercert(binary_form=True)
+    conn.close()
+    check(resp.status == 200, "GET /sdk/vimServiceVersions.xml: HTTP %d" % resp.status)
+    got = hashlib.sha256(der).hexdigest()
+    check(got == norm_thumbprint(env["thumbprint_sha256"]),
+          "peer SHA-256 thumbprint %s != env %s" % (got, env["thumbprint_sha256"]))
+    # Verification is real: the system trust store must reject the server.
+    try:
+        bad = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(), timeout=10)
+        bad.request("GET", "/sdk/vimServiceVersions.xml")
+        bad.getresponse().read()
+        bad.close()
+    except ssl.SSLCertVerificationError:
+        pass
+    else:
+        raise SmokeError("a default SSL context accepted the self-signed certificate")
+    log("TLS ok: certificate pinned (cadata + hostname check), SHA-256 %s…, system CAs rejected it"
+        % env["thumbprint_sha256"][:23])
+
+
+def retrieve(pc, obj_specs, prop_specs):
+    """RetrievePropertiesEx + ContinueRetrievePropertiesEx -> {moref: {prop: value}}."""
+    spec = vmodl.query.PropertyCollector.FilterSpec(objectSet=obj_specs, propSet=prop_specs)
+    out = {}
+    res = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+    while res:
+        for oc in res.objects:
+            out[oc.obj] = {p.name: p.val for p in (oc.propSet or [])}
+        if not res.token:
+            break
+        res = pc.ContinueRetrievePropertiesEx(res.token)
+    return out
+
+
+def list_vms(si):
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        obj = vmodl.query.PropertyCollector.ObjectSpec(
+            obj=view, skip=True,
+            selectSet=[vmodl.query.PropertyCollector.TraversalSpec(
+                name="view", type=vim.view.ContainerView, path="view", skip=False)])
+        props = vmodl.query.PropertyCollector.PropertySpec(
+            type=vim.VirtualMachine,
+            pathSet=["name", "runtime.powerState", "config.files.vmPathName", "config.uuid"])
+        return retrieve(content.propertyCollector, [obj], [props])
+    finally:
+        view.DestroyView()
+
+
+def vm_props(si, vm, paths):
+    obj = vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False)
+    props = vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=paths)
+    return retrieve(si.content.propertyCollector, [obj], [props]).get(vm, {})
+
+
+def wait_task(si, task, want_result=False, timeout=TASK_TIMEOUT):
+    """Wait for a task with a private PropertyCollector and WaitForUpdatesEx.
+
+    Returns info.result (when want_result) after success; raises on error or timeout.
+    Only info.state / info.error (and info.result on request) are read: never task.info.
+    """
+    paths = ["info.state", "info.error"] + (["info.result"] if want_result else [])
+    pc = si.content.propertyCollector.CreatePropertyCollector()
+    try:
+        pc.CreateFilter(vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.Task, pathSet=paths)]),
+            partialUpdates=True)
+        seen = {}
+        version = ""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SmokeError("task %s: no result within %d s (last state %s)"
+                                 % (task._moId, timeout, seen.get("info.state")))
+            opts = vmodl.query.PropertyCollector.WaitOptions(
+                maxWaitSeconds=max(1, min(WAIT_SLICE, int(left))))
+            update = pc.WaitForUpdatesEx(version, opts)
+            if update is None:  # maxWaitSeconds elapsed without change
+                continue
+            version = update.version
+            for fs in update.filterSet or []:
+                for ou in fs.objectSet or []:
+                    for ch in ou.changeSet or []:
+                        seen[ch.name] = ch.val
+                        if ch.name == "info" and ch.val is not None:  # whole info object
+                            seen["info.state"] = ch.val.state
+                            seen["info.error"] = ch.val.error
+                            seen["info.result"] = ch.val.result
+            state = seen.get("info.state")
+            if state == vim.TaskInfo.State.success:
+                return seen.get("info.result")
+            if state == vim.TaskInfo.State.error:
+                err = seen.get("info.error")
+                raise SmokeError("task %s failed: %s" % (
+                    task._moId, getattr(err, "localizedMessage", None) or err))
+    finally:
+        pc.DestroyPropertyCollector()
+
+
+def snapshot_cycle(si, env, vms):
+    powered = [vm for vm, p in sorted(vms.items(), key=lambda kv: kv[1]["name"])
+               if p.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn]
+    check(powered, "no powered-on VM to snapshot")
+    vm = powered[0]
+    name = vms[vm]["name"]
+    snap_name = "smoke-%d" % os.getpid()
+
+    t0 = time.monotonic()
+    task = vm.CreateSnapshot_Task(name=snap_name, description="vcsim smoke test",
+                                  memory=True, quiesce=False)
+    snap = wait_task(si, task, want_result=True)
+    check(isinstance(snap, vim.vm.Snapshot), "CreateSnapshot result is %r, not a snapshot" % (snap,))
+    log("CreateSnapshot_Task(memory=True) on %s -> %s in %.2f s (waited via WaitForUpdatesEx)"
+        % (name, snap._moId, time.monotonic() - t0))
+
+    # The VM now has a snapshot: reading the property through the collector is safe.
+    props = vm_props(si, vm, ["snapshot", "layoutEx.file"])
+    info = props.get("snapshot")
+    check(info is not None and info.currentSnapshot == snap,
+          "vm.snapshot.currentSnapshot is not the new snapshot")
+    roots = [s.name for s in info.rootSnapshotList]
+    check(snap_name in roots, "snapshot %s not in rootSnapshotList %s" % (snap_name, roots))
+    snap_files = [f.name for f in props.get("layoutEx.file") or []
+                  if f.type in ("snapshotData", "snapshotMemory", "snapshotList")]
+    ds_local = {d["name"]: d["local_path"] for d in env["datastores"]}
+    on_disk = []
+    for f in snap_files:
+        ds_name, rel = f[1:].split("] ", 1)
+        local = os.path.join(ds_local.get(ds_name, "?"), *rel.split("/"))
+        if os.path.exists(local):
+            on_disk.append("%s (%d bytes)" % (os.path.basename(local), os.path.getsize(local)))
+    log("snapshot tree %s; snapshot files in layoutEx: %s; on disk: %s"
+        % (roots, snap_files or "none", on_disk or "none"))
+
+    t0 = time.monotonic()
+    task = snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True)
+    wait_task(si, task)
+    props = vm_props(si, vm, ["snapshot"])
+    left = props.get("snapshot")
+    check(left is None or not left.rootSnapshotList,
+          "snapshot still present after RemoveSnapshot_Task")
+    log("RemoveSnapshot_Task -> success in %.2f s; VM %s has no snapshot left"
+        % (time.monotonic() - t0, name))
+    return vm, name
+
+
+def range_get(si, env, ctx):
+    ds = env["datastores"][0]
+    vm0 = env["vms"][0] if env["vms"] else None
+    rel_dir = ""
+    if vm0 and vm0["vmx_path"].startswith("[%s] " % ds["name"]):
+        rel_dir = os.path.dirname(vm0["vmx_path"].split("] ", 1)[1])
+    rel = "/".join(p for p in (rel_dir, "smoke-%d.bin" % os.getpid()) if p)
+    local = os.path.join(ds["local_path"], *rel.split("/"))
+    check(os.path.isdir(ds["local_path"]), "datastore folder %s missing" % ds["local_path"])
+
+    data = os.urandom(256 * 1024)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, "wb") as fh:
+        fh.write(data)
+    try:
+        first, last = 1000, 70999  # inclusive byte range
+        query = urllib.parse.urlencode({"dcPath": ds["datacenter"], "dsName": ds["name"]})
+        path = "/folder/%s?%s" % (urllib.parse.quote(rel), query)
+        headers = {"Range": "bytes=%d-%d" % (first, last)}
+        cookie = getattr(si._stub, "cookie", None)
+        if cookie:
+            headers["Cookie"] = cookie
+        conn = http.client.HTTPSConnection(env["host"], env["port"], context=ctx, timeout=30)
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        check(resp.status == 206, "GET %s: HTTP %d, want 206" % (path, resp.status))
+        cr = resp.getheader("Content-Range")
+        check(cr == "bytes %d-%d/%d" % (first, last, len(data)), "Content-Range %r" % cr)
+        check(body == data[first:last + 1], "Range body differs from the file's bytes")
+        log("HTTPS GET %s Range bytes=%d-%d -> 206, %d bytes, %s, content matches (sha256 %s…)"
+            % (path, first, last, len(body), cr, hashlib.sha256(body).hexdigest()[:16]))
+    finally:
+        os.remove(local)
+
+
+def pyvmomi_version():
+    try:
+        from importlib.metadata import version
+        return version("pyvmomi")
+    except Exception:  # noqa: BLE001 - informational only
+        return getattr(pyVmomi, "__version__", "?")
+
+
+def main(argv):
+    if len(argv) != 2:
+        print("usage: %s ENVFILE" % argv[0], file=sys.stderr)
+        return 2
+    with open(argv[1], encoding="utf-8") as fh:
+        env = json.load(fh)
+    check(env.get("host") in ("127.0.0.1", "::1", "localhost"),
+          "refusing non-loopback host %r" % env.get("host"))
+    log("pyvmomi %s, python %s, %s" % (pyvmomi_version(),
+                                       sys.version.split()[0], env["url"]))
+
+    ctx = ssl_context(env)
+    check_tls(env, ctx)
+
+    t0 = time.monotonic()
+    si = SmartConnect(host=env["host"], port=env["port"], user=env["username"],
+                      pwd=env["password"], sslContext=ctx, connectionPoolTimeout=30)
+    try:
+        about = si.content.about
+        log("SmartConnect ok in %.2f s: %s (apiType %s, API %s)"
+            % (time.monotonic() - t0, about.fullName, about.apiType, about.apiVersion))
+
+        vms = list_vms(si)
+        check(vms, "no VM found")
+        for vm, p in sorted(vms.items(), key=lambda kv: kv[1]["name"]):
+            log("  VM %-14s %-8s %-11s %s" % (p["name"], vm._moId, p.get("runtime.powerState"),
+                                              p.get("config.files.vmPathName")))
+        want = sorted(v["name"] for v in env["vms"])
+        got = sorted(p["name"] for p in vms.values())
+        check(got == want, "VMs %s differ from env file %s" % (got, want))
+        log("listed %d VMs via ContainerView + RetrievePropertiesEx" % len(vms))
+
+        snapshot_cycle(si, env, vms)
+        range_get(si, env, ctx)
+    finally:
+        Disconnect(si)
+    log("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv))
+    except SmokeError as exc:
+        log("FAIL: %s" % exc)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - report any failure as a test failure
+        log("FAIL: %s: %s" % (type(exc).__name__, exc))
+        sys.exit(1)

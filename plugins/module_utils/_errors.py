@@ -1,0 +1,47 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The collection's exceptions.
+
+Everything under module_utils raises these (never calls fail_json); only a module's
+``main()`` turns them into ``fail_json``. Each message is a whole sentence a responder can
+act on at 3 a.m.; ``details`` carries machine-readable facts for the task result.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class VmcollectError(Exception):
+    """Base class: a clear message plus structured details for the result."""
+
+    def __init__(self, message, **details):
+        super(VmcollectError, self).__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInputError(VmcollectError, ValueError):
+    """An option value is malformed (a digest that is not hex, an unknown algorithm...)."""
+
+    def __init__(self, message, **details):
+        VmcollectError.__init__(self, message, **details)
+
+
+class EvidenceSourceError(VmcollectError):
+    """A path to read is missing, unreadable, of the wrong type, or changed while read."""
+
+
+class ChecksumFileError(VmcollectError):
+    """A checksum file is missing, unreadable or malformed."""
+
+
+class HashMismatchError(VmcollectError):
+    """At least one digest differs from the expected one."""
+
+
+def fail_module(module, error, **result):
+    """Turn a VmcollectError into fail_json (for use in a module's main() only)."""
+    result.update(error.details)
+    module.fail_json(msg=error.message, **result)

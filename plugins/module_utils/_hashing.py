@@ -1,0 +1,441 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Hash files and block devices in one read with several algorithms at once.
+
+One reader fills buffers from a small pool; every algorithm has its own thread that
+hashes each buffer (hashlib releases the GIL on large updates, so the algorithms really
+run in parallel); a buffer goes back to the pool once every algorithm has hashed it.
+With a single algorithm there is no thread at all: read and hash in one loop.
+
+Holes of sparse files are hashed as zeros without being read. Sources are opened
+read-only, with O_NOATIME where allowed, and a regular file whose size, inode or mtime
+changes while it is hashed is an error: its digest would describe no real state.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+import time
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
+    ChecksumFileError,
+    EvidenceSourceError,
+    HashMismatchError,
+    InvalidInputError,
+)
+from ansible_collections.dfir.vmcollect.plugins.module_utils._sparse import (
+    iter_extents,
+    open_source,
+    source_size,
+)
+
+SUPPORTED_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
+# hex digest length -> algorithm, to read sha256sum/md5sum-style files and bare digests
+ALGORITHM_BY_HEX_LENGTH = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
+DEFAULT_BLOCK_SIZE = 1024 * 1024
+MIN_BLOCK_SIZE = 64 * 1024
+_POOL_DEPTH = 4  # buffers in flight per multi-algorithm hash
+_HEX = frozenset("0123456789abcdef")
+
+
+def normalize_algorithms(algorithms):
+    """Return the algorithms lower-cased, de-duplicated, in the given order; reject unknown ones."""
+    result = []
+    for name in algorithms:
+        alg = str(name).strip().lower().replace("-", "")
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise InvalidInputError("The hash algorithm %r is not supported; use one of %s."
+                             % (name, ", ".join(SUPPORTED_ALGORITHMS)))
+        if alg not in result:
+            result.append(alg)
+    if not result:
+        raise InvalidInputError("At least one hash algorithm is needed.")
+    return result
+
+
+def normalize_digest(digest, algorithm=None):
+    """Lower-case hex digest checked for form; infer the algorithm from its length if not given."""
+    value = str(digest).strip().lower()
+    if not value or not set(value) <= _HEX:
+        raise InvalidInputError("%r is not a hexadecimal digest." % (digest,))
+    inferred = ALGORITHM_BY_HEX_LENGTH.get(len(value))
+    if algorithm is None:
+        if inferred is None:
+            raise InvalidInputError("The digest %r has %d hex digits, which matches none of %s."
+                             % (digest, len(value), ", ".join(SUPPORTED_ALGORITHMS)))
+        return inferred, value
+    algorithm = normalize_algorithms([algorithm])[0]
+    if inferred != algorithm:
+        raise InvalidInputError("The digest %r is not a %s digest (%d hex digits)." % (digest, algorithm, len(value)))
+    return algorithm, value
+
+
+class _Ticket(object):
+    """One filled buffer shared by all hashing threads; recycled when the last one is done."""
+
+    __slots__ = ("buf", "length", "_left", "_lock", "_pool")
+
+    def __init__(self, buf, length, consumers, pool):
+        self.buf = buf
+        self.length = length
+        self._left = consumers
+        self._lock = threading.Lock()
+        self._pool = pool  # None for the shared zero buffer: nothing to recycle
+
+    def release(self):
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last and self._pool is not None:
+            self._pool.put(self.buf)
+
+
+class _SerialSink(object):
+    """One algorithm: hash in the reading thread."""
+
+    def __init__(self, hashers, block_size):
+        self._hashers = hashers
+        self._buf = bytearray(block_size)
+        self._zero = memoryview(bytes(block_size))
+
+    def buffer(self):
+        return self._buf
+
+    def submit(self, buf, length):
+        view = memoryview(buf)[:length]
+        for h in self._hashers:
+            h.update(view)
+
+    def submit_zeros(self, length):
+        view = self._zero[:length]
+        for h in self._hashers:
+            h.update(view)
+
+    def finish(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _ThreadedSink(object):
+    """Several algorithms: one thread each, fed the same buffers."""
+
+    def __init__(self, hashers, block_size, depth=_POOL_DEPTH):
+        self._pool = queue.Queue()
+        for dummy in range(depth):
+            self._pool.put(bytearray(block_size))
+        self._zero = bytes(block_size)
+        self._queues = [queue.Queue() for dummy in hashers]
+        self._errors = []
+        self._threads = []
+        for h, q in zip(hashers, self._queues):
+            t = threading.Thread(target=self._work, args=(h, q), name="vmcollect-hash-%s" % h.name)
+            t.daemon = True
+            t.start()
+            self._threads.append(t)
+
+    def _work(self, hasher, q):
+        while True:
+            ticket = q.get()
+            if ticket is None:
+                return
+            try:
+                if not self._errors:
+                    hasher.update(memoryview(ticket.buf)[:ticket.length])
+            except Exception as exc:  # pragma: no cover - hashlib does not fail on bytes
+                self._errors.append(exc)
+            finally:
+                ticket.release()
+
+    def _raise_worker_error(self):
+        if self._errors:
+            raise self._errors[0]
+
+    def buffer(self):
+        while True:
+            try:
+                return self._pool.get(timeout=1.0)
+            except queue.Empty:
+                self._raise_worker_error()
+
+    def _fan_out(self, ticket):
+        for q in self._queues:
+            q.put(ticket)
+
+    def submit(self, buf, length):
+        self._fan_out(_Ticket(buf, length, len(self._queues), self._pool))
+
+    def submit_zeros(self, length):
+        self._fan_out(_Ticket(self._zero, length, len(self._queues), None))
+
+    def finish(self):
+        self.close()
+        self._raise_worker_error()
+
+    def close(self):
+        if not self._threads:
+            return
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads = []
+
+
+def _read_exact(fd, offset, view, path):
+    """Fill ``view`` from ``offset``; a short file is an error (it shrank while read)."""
+    done = 0
+    total = len(view)
+    while done < total:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise EvidenceSourceError(
+                "The file %s ended at byte %d while being hashed; it changed under the read."
+                % (path, offset + done), path=path)
+        done += n
+
+
+def _identity(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def hash_path(path, algorithms=("sha256",), block_size=DEFAULT_BLOCK_SIZE, sparse=True, progress=None):
+    """Hash one regular file or block device in a single read.
+
+    Returns a dict: path, size, digests {algorithm: hex}, seconds, mib_per_s,
+    data_bytes (bytes actually read) and hole_bytes (bytes hashed as zeros without a read).
+    ``progress(done_bytes, total_bytes)`` is called after every block, if given.
+    """
+    algorithms = normalize_algorithms(algorithms)
+    block_size = max(int(block_size), MIN_BLOCK_SIZE)
+    fd, st_before = open_source(path)
+    try:
+        size = source_size(fd, st_before)
+        hashers = [hashlib.new(alg) for alg in algorithms]
+        sink = (_SerialSink if len(hashers) == 1 else _ThreadedSink)(hashers, block_size)
+        data_bytes = hole_bytes = 0
+        started = time.monotonic()
+        try:
+            extents = iter_extents(fd, size) if sparse else [(0, size, True)]
+            for offset, length, is_data in extents:
+                end = offset + length
+                while offset < end:
+                    n = min(block_size, end - offset)
+                    if is_data:
+                        buf = sink.buffer()
+                        _read_exact(fd, offset, memoryview(buf)[:n], path)
+                        sink.submit(buf, n)
+                        data_bytes += n
+                    else:
+                        sink.submit_zeros(n)
+                        hole_bytes += n
+                    offset += n
+                    if progress is not None:
+                        progress(offset, size)
+            sink.finish()
+        finally:
+            sink.close()
+        seconds = time.monotonic() - started
+        st_after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat.S_ISREG(st_before.st_mode) and _identity(st_before) != _identity(st_after):
+        raise EvidenceSourceError(
+            "The file %s changed while it was being hashed (size or modification time moved); "
+            "its digest would describe no real state." % path, path=path)
+    return {
+        "path": path,
+        "size": size,
+        "digests": dict((h.name, h.hexdigest()) for h in hashers),
+        "seconds": round(seconds, 6),
+        "mib_per_s": round(size / 1048576.0 / seconds, 1) if seconds > 0 else None,
+        "data_bytes": data_bytes,
+        "hole_bytes": hole_bytes,
+    }
+
+
+def _unescape_gnu(name):
+    """Undo coreutils' escaping of a file name (a line that starts with a backslash)."""
+    out = []
+    i = 0
+    while i < len(name):
+        c = name[i]
+        if c == "\\" and i + 1 < len(name):
+            nxt = name[i + 1]
+            out.append({"\\": "\\", "n": "\n", "r": "\r"}.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_checksum_text(text, source="checksum file"):
+    """Parse sha256sum/md5sum/sha1sum/sha512sum output (text or binary mode) and BSD-tag lines.
+
+    Returns a list of ``(name, algorithm, hexdigest)`` in file order. Blank lines and lines
+    starting with ``#`` are skipped; anything else that is not a checksum line is an error.
+    """
+    entries = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        escaped = line.startswith("\\")
+        body = line[1:] if escaped else line
+        try:
+            if " (" in body and ") = " in body and body.split(" (", 1)[0].isalnum():
+                # BSD tag style: SHA256 (name) = digest
+                tag, rest = body.split(" (", 1)
+                name, digest = rest.rsplit(") = ", 1)
+                algorithm, digest = normalize_digest(digest, tag)
+            else:
+                digest, sep, name = body.partition(" ")
+                if not sep or not name or name[0] not in " *":
+                    raise ValueError("expected '<digest>  <name>'")
+                name = name[1:]
+                algorithm, digest = normalize_digest(digest)
+        except ValueError as exc:
+            raise ChecksumFileError(
+                "Line %d of %s is not a checksum line (%s): %r" % (lineno, source, exc, line[:200]),
+                checksum_file=source, line=lineno)
+        if escaped:
+            name = _unescape_gnu(name)
+        if not name:
+            raise ChecksumFileError("Line %d of %s names no file." % (lineno, source),
+                                    checksum_file=source, line=lineno)
+        entries.append((name, algorithm, digest))
+    return entries
+
+
+def read_checksum_file(path):
+    """Read a checksum file; relative names are resolved against the file's own folder.
+
+    Returns ``{absolute_path: {algorithm: hexdigest}}`` in file order.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "surrogateescape")
+    except (IOError, OSError) as exc:
+        raise ChecksumFileError("The checksum file %s cannot be read: %s." % (path, exc.strerror),
+                                checksum_file=path)
+    base = os.path.dirname(os.path.abspath(path))
+    expected = {}
+    for name, algorithm, digest in parse_checksum_text(text, path):
+        full = os.path.normpath(os.path.join(base, name))
+        known = expected.setdefault(full, {})
+        if known.get(algorithm, digest) != digest:
+            raise ChecksumFileError("The checksum file %s lists two different %s digests for %s."
+                                    % (path, algorithm, name), checksum_file=path)
+        known[algorithm] = digest
+    return expected
+
+
+def absolute(path):
+    """The one spelling of a path used to match files, expectations and checksum lines."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def normalize_expected(expected):
+    """``{path: digest | {algorithm: digest}}`` -> ``{abs path: {algorithm: digest}}``."""
+    result = {}
+    for path, value in (expected or {}).items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        digests = {}
+        for algorithm, digest in items:
+            alg, hexd = normalize_digest(digest, algorithm)
+            digests[alg] = hexd
+        result[absolute(path)] = digests
+    return result
+
+
+def collect_expected(inline=None, checksum_file=None, paths=()):
+    """Merge inline expectations with a checksum file into ``{abs path: {algorithm: digest}}``.
+
+    With ``paths``, only their lines of the checksum file count, and each must be listed.
+    The two sources must not disagree about a digest.
+    """
+    expected = normalize_expected(inline)
+    if not checksum_file:
+        return expected
+    listed = read_checksum_file(checksum_file)
+    wanted = [absolute(p) for p in paths or ()]
+    for path, full in zip(paths or (), wanted):
+        if full not in listed:
+            raise ChecksumFileError("The checksum file %s lists no digest for %s." % (checksum_file, path),
+                                    checksum_file=checksum_file, path=path)
+    for full, digests in listed.items():
+        if wanted and full not in wanted:
+            continue
+        mine = expected.setdefault(full, {})
+        for algorithm, digest in digests.items():
+            if mine.get(algorithm, digest) != digest:
+                raise InvalidInputError("The expected %s digest for %s differs between the expected option and %s."
+                                        % (algorithm, full, checksum_file), path=full)
+            mine[algorithm] = digest
+    return expected
+
+
+def compare(result, expected_digests):
+    """Add ``verified`` and ``checked`` to a hash result; return the list of mismatch sentences."""
+    mismatches = []
+    for algorithm in sorted(expected_digests):
+        want = expected_digests[algorithm]
+        got = result["digests"].get(algorithm)
+        if got != want:
+            mismatches.append("%s: %s expected %s, got %s" % (result["path"], algorithm, want, got))
+    result["checked"] = sorted(expected_digests)
+    result["verified"] = not mismatches
+    return mismatches
+
+
+def check_readable(paths):
+    """Fail before any long read if a path is missing, unreadable or of the wrong type."""
+    for path in paths:
+        fd, dummy = open_source(path)
+        os.close(fd)
+
+
+def hash_and_verify(paths, algorithms=("sha256",), expected=None, block_size=DEFAULT_BLOCK_SIZE):
+    """Hash ``paths`` (each in one read) and compare with ``expected`` where given.
+
+    ``expected`` is ``{abs path: {algorithm: digest}}``; any algorithm it names is hashed
+    too. Paths that ``expected`` lists but ``paths`` does not are added. Raises
+    HashMismatchError naming every file that differs (with all results in ``details``).
+    """
+    algorithms = normalize_algorithms(algorithms)
+    expected = expected or {}
+    ordered = []
+    for path in list(paths or ()) + list(expected):
+        full = absolute(path)
+        if full not in ordered:
+            ordered.append(full)
+    if not ordered:
+        raise EvidenceSourceError("No path to hash was given.")
+    check_readable(ordered)
+    results = []
+    mismatches = []
+    for path in ordered:
+        want = expected.get(path, {})
+        algs = algorithms + [a for a in SUPPORTED_ALGORITHMS if a in want and a not in algorithms]
+        result = hash_path(path, algs, block_size=block_size)
+        if want:
+            mismatches.extend(compare(result, want))
+        else:
+            result["checked"] = []
+            result["verified"] = None
+        results.append(result)
+    if mismatches:
+        failed = sum(1 for r in results if r["verified"] is False)
+        raise HashMismatchError(
+            "Hash mismatch for %d of %d file(s): %s." % (failed, len(results), "; ".join(mismatches)),
+            files=results, mismatches=mismatches)
+    return results
