@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Smoke test of the lab's vSphere simulator with pyvmomi.
 
     python lab/vcsim/smoke_test.py ENVFILE

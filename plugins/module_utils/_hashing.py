@@ -32,6 +32,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._sparse import (
     iter_extents,
+    open_noatime,
     open_source,
     source_size,
 )
@@ -52,7 +53,7 @@ def normalize_algorithms(algorithms):
         alg = str(name).strip().lower().replace("-", "")
         if alg not in SUPPORTED_ALGORITHMS:
             raise InvalidInputError("The hash algorithm %r is not supported; use one of %s."
-                             % (name, ", ".join(SUPPORTED_ALGORITHMS)))
+                                    % (name, ", ".join(SUPPORTED_ALGORITHMS)))
         if alg not in result:
             result.append(alg)
     if not result:
@@ -69,7 +70,7 @@ def normalize_digest(digest, algorithm=None):
     if algorithm is None:
         if inferred is None:
             raise InvalidInputError("The digest %r has %d hex digits, which matches none of %s."
-                             % (digest, len(value), ", ".join(SUPPORTED_ALGORITHMS)))
+                                    % (digest, len(value), ", ".join(SUPPORTED_ALGORITHMS)))
         return inferred, value
     algorithm = normalize_algorithms([algorithm])[0]
     if inferred != algorithm:
@@ -199,7 +200,7 @@ def _read_exact(fd, offset, view, path):
         if n == 0:
             raise EvidenceSourceError(
                 "The file %s ended at byte %d while being hashed; it changed under the read."
-                % (path, offset + done), path=path)
+                % (path, offset + done), failed_path=path)
         done += n
 
 
@@ -250,7 +251,7 @@ def hash_path(path, algorithms=("sha256",), block_size=DEFAULT_BLOCK_SIZE, spars
     if stat.S_ISREG(st_before.st_mode) and _identity(st_before) != _identity(st_after):
         raise EvidenceSourceError(
             "The file %s changed while it was being hashed (size or modification time moved); "
-            "its digest would describe no real state." % path, path=path)
+            "its digest would describe no real state." % path, failed_path=path)
     return {
         "path": path,
         "size": size,
@@ -322,7 +323,7 @@ def read_checksum_file(path):
     Returns ``{absolute_path: {algorithm: hexdigest}}`` in file order.
     """
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_noatime(path), "rb") as f:
             text = f.read().decode("utf-8", "surrogateescape")
     except (IOError, OSError) as exc:
         raise ChecksumFileError("The checksum file %s cannot be read: %s." % (path, exc.strerror),
@@ -340,8 +341,14 @@ def read_checksum_file(path):
 
 
 def absolute(path):
-    """The one spelling of a path used to match files, expectations and checksum lines."""
-    return os.path.normpath(os.path.abspath(path))
+    """The one spelling of a path used to match files, expectations and checksum lines.
+
+    Paths must be absolute: on a remote host the module's working directory is whatever
+    the connection left (the login's home), so a relative path would name an arbitrary file.
+    """
+    if not os.path.isabs(path):
+        raise InvalidInputError("The path %s is relative; give an absolute path." % path, failed_path=path)
+    return os.path.normpath(path)
 
 
 def normalize_expected(expected):
@@ -366,12 +373,13 @@ def collect_expected(inline=None, checksum_file=None, paths=()):
     expected = normalize_expected(inline)
     if not checksum_file:
         return expected
+    absolute(checksum_file)
     listed = read_checksum_file(checksum_file)
     wanted = [absolute(p) for p in paths or ()]
     for path, full in zip(paths or (), wanted):
         if full not in listed:
             raise ChecksumFileError("The checksum file %s lists no digest for %s." % (checksum_file, path),
-                                    checksum_file=checksum_file, path=path)
+                                    checksum_file=checksum_file, failed_path=path)
     for full, digests in listed.items():
         if wanted and full not in wanted:
             continue
@@ -379,7 +387,7 @@ def collect_expected(inline=None, checksum_file=None, paths=()):
         for algorithm, digest in digests.items():
             if mine.get(algorithm, digest) != digest:
                 raise InvalidInputError("The expected %s digest for %s differs between the expected option and %s."
-                                        % (algorithm, full, checksum_file), path=full)
+                                        % (algorithm, full, checksum_file), failed_path=full)
             mine[algorithm] = digest
     return expected
 

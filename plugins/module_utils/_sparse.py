@@ -25,7 +25,23 @@ SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 def _refuse_type(path, st):
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise EvidenceSourceError(
-            "The path %s is neither a regular file nor a block device." % path, path=path)
+            "The path %s is neither a regular file nor a block device." % path, failed_path=path)
+
+
+def open_noatime(path, flags=os.O_RDONLY):
+    """``os.open`` with O_NOATIME and O_CLOEXEC, falling back to no O_NOATIME where it is refused.
+
+    O_NOATIME (owner or CAP_FOWNER only) keeps a read from moving the file's access time.
+    Raises OSError like ``os.open``.
+    """
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    noatime = getattr(os, "O_NOATIME", 0)
+    try:
+        return os.open(path, flags | noatime)
+    except OSError as exc:
+        if not noatime or exc.errno != errno.EPERM:
+            raise
+    return os.open(path, flags)
 
 
 def open_source(path):
@@ -33,26 +49,17 @@ def open_source(path):
 
     Returns ``(fd, stat_result)``. Only regular files and block devices are accepted; the
     type is checked before the open, and the open is non-blocking, so a FIFO or a device
-    that would wait for a peer can never hang the caller. ``O_NOATIME`` keeps the read from
-    updating atime where the kernel allows it (owner or CAP_FOWNER); where it does not, the
-    file is opened without it.
+    that would wait for a peer can never hang the caller.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    noatime = getattr(os, "O_NOATIME", 0)
     try:
         _refuse_type(path, os.stat(path))
-        try:
-            fd = os.open(path, flags | noatime)
-        except OSError as exc:
-            if not noatime or exc.errno != errno.EPERM:
-                raise
-            fd = os.open(path, flags)
+        fd = open_noatime(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise EvidenceSourceError("The path %s does not exist." % path, path=path)
+            raise EvidenceSourceError("The path %s does not exist." % path, failed_path=path)
         if exc.errno in (errno.EACCES, errno.EPERM):
-            raise EvidenceSourceError("The path %s cannot be read: permission denied." % path, path=path)
-        raise EvidenceSourceError("The path %s cannot be opened: %s." % (path, exc.strerror), path=path)
+            raise EvidenceSourceError("The path %s cannot be read: permission denied." % path, failed_path=path)
+        raise EvidenceSourceError("The path %s cannot be opened: %s." % (path, exc.strerror), failed_path=path)
     st = os.fstat(fd)
     try:
         _refuse_type(path, st)  # it may have been swapped between stat and open

@@ -25,11 +25,11 @@ description:
     in check mode.
   - At least one of O(path), O(expected) and O(checksum_file) is required.
 author:
-  - dfir.vmcollect contributors
+  - dfir.vmcollect maintainers (@dfir-vmcollect)
 options:
   path:
     description:
-      - Files or block devices to hash.
+      - Absolute paths of files or block devices to hash.
       - May be empty when O(checksum_file) or O(expected) names the files.
     type: list
     elements: path
@@ -44,7 +44,7 @@ options:
     default: [sha256]
   expected:
     description:
-      - Expected digests by path.
+      - Expected digests by absolute path.
       - A value is either a hex digest (the algorithm is told by its length) or a dictionary
         of algorithm to hex digest.
       - Paths listed here but not in O(path) are hashed too.
@@ -57,6 +57,7 @@ options:
         C(SHA256SUMS) that C(sha256sum -c) accepts inside the evidence folder works as is.
       - Without O(path), every file it lists is verified. With O(path), each path must be
         listed in it.
+      - An absolute path.
     type: path
   block_size:
     description:

@@ -40,7 +40,7 @@ pytestmark = [
 def _run(*args, **kw):
     env = dict(os.environ, LAB_DIR=LAB_DIR)
     env.update(kw.pop("env", {}))
-    return subprocess.run(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.run(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
                           universal_newlines=True, timeout=kw.pop("timeout", 300), **kw)
 
 

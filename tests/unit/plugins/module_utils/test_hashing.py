@@ -258,3 +258,11 @@ def test_checksum_file_with_paths_and_conflicts(tmp_path, random_file):
         h.collect_expected(checksum_file=str(sums))
     with pytest.raises(ChecksumFileError, match="cannot be read"):
         h.collect_expected(checksum_file=str(tmp_path / "missing"))
+
+
+def test_relative_paths_are_refused(tmp_path, random_file):
+    for call in (lambda: h.hash_and_verify(["relative.bin"]),
+                 lambda: h.normalize_expected({"relative.bin": "0" * 64}),
+                 lambda: h.collect_expected(checksum_file="SHA256SUMS")):
+        with pytest.raises(InvalidInputError, match="is relative"):
+            call()

@@ -1,0 +1,64 @@
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures for integration tests: the lab (lab/up.sh) and a way to run ansible-playbook on it.
+
+Without a lab these tests skip, saying so. ``make test`` sets VMCOLLECT_REQUIRE_LAB=1, and
+then a missing lab is a failure, not a skip: CI must never pass by skipping the real tests.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+
+
+def _lab_missing(reason):
+    if os.environ.get("VMCOLLECT_REQUIRE_LAB") == "1":
+        pytest.fail("the lab is required (VMCOLLECT_REQUIRE_LAB=1) but %s" % reason, pytrace=False)
+    pytest.skip("%s: bring it up with `bash lab/up.sh`" % reason)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab's facts (lab.json), after checking the lab is up and healthy."""
+    path = os.path.join(LAB_DIR, "lab.json")
+    if not os.path.exists(path):
+        _lab_missing("the lab is not up (%s is missing)" % path)
+    status = subprocess.run(["bash", os.path.join(ROOT, "lab", "status.sh"), "-q"], check=False,
+                            env=dict(os.environ, LAB_DIR=LAB_DIR))
+    if status.returncode != 0:
+        _lab_missing("the lab is not healthy (lab/status.sh exit %d)" % status.returncode)
+    with open(path) as f:
+        return json.load(f)
+
+
+def ansible_env(lab_facts):
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=lab_facts["ansible_cfg"],
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+        ANSIBLE_ROLES_PATH=os.path.join(ROOT, "tests", "integration", "targets"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+        PATH=VENV_BIN + os.pathsep + env.get("PATH", ""),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def ansible_playbook(lab):
+    """Run ansible-playbook against the lab inventory; returns the CompletedProcess."""
+
+    def run(playbook, *args, **kwargs):
+        cmd = [os.path.join(VENV_BIN, "ansible-playbook"), playbook] + list(args)
+        return subprocess.run(cmd, env=ansible_env(lab), cwd=ROOT, check=False, universal_newlines=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=kwargs.get("timeout", 900))
+
+    return run
