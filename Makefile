@@ -1,0 +1,48 @@
+# dfir.vmcollect - developer entry points. Everything runs as root on Debian 12 / Ubuntu 22.04+.
+SHELL := /bin/bash
+LAB_DIR ?= /var/tmp/vmcollect-lab
+export LAB_DIR
+VENV ?= $(CURDIR)/.venv
+export VENV
+PY := $(VENV)/bin/python
+
+.PHONY: help test setup sanity lint unit integration build lab-up lab-down lab-status bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+test:  ## install everything, sanity, lint, build check, lab up, unit + integration tests, lab down
+	scripts/test.sh
+
+setup:  ## apt packages + .venv (idempotent)
+	scripts/setup.sh
+
+sanity: setup  ## ansible-test sanity
+	scripts/sanity.sh
+
+lint: setup  ## ansible-lint on roles and playbooks, shellcheck on scripts
+	scripts/lint.sh
+
+unit: setup  ## unit tests (no lab needed)
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+integration: setup lab-up  ## integration tests on the lab (leaves the lab up)
+	VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider tests/integration
+
+build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module
+	scripts/build.sh
+
+lab-up:  ## bring the lab up (idempotent)
+	bash lab/up.sh
+
+lab-down:  ## bring the lab down, nothing left behind
+	bash lab/down.sh
+
+lab-status:  ## is the lab up and healthy
+	bash lab/status.sh
+
+bench: setup  ## benchmarks (print ratios against baselines; not tests)
+	$(PY) bench/hash_bench.py
+
+clean: lab-down  ## lab down and build outputs removed (venvs kept)
+	rm -rf .build tests/output dfir-vmcollect-*.tar.gz

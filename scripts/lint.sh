@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# ansible-lint on the collection's roles and playbooks (and the integration targets), shellcheck on
+# every shell script.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+cd "$ROOT"
+export ANSIBLE_COLLECTIONS_PATH=$ROOT/.build/collections
+export PATH=$VENV/bin:$PATH
+"$VENV/bin/ansible-lint" --offline
+git ls-files -co --exclude-standard -- '*.sh' | xargs -r shellcheck -x
+echo "lint: ok"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`) and what CI runs (.ci/run): install, static checks,
+# then the lab and every test against it. The lab comes down at the end, pass or fail.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export LAB_DIR=${LAB_DIR:-/var/tmp/vmcollect-lab}
+VENV=${VENV:-$ROOT/.venv}
+T0=$(date +%s)
+stage() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - T0 ))"; }
+
+stage "setup: apt packages and .venv"
+scripts/setup.sh
+stage "ansible-test sanity"
+scripts/sanity.sh
+stage "ansible-lint, shellcheck"
+scripts/lint.sh
+stage "collection build and ansible-doc"
+scripts/build.sh
+
+stage "lab up"
+mkdir -p "$LAB_DIR"
+lab_down() {
+  echo "=== lab down (log: $LAB_DIR/logs/down-after-test.log)"
+  mkdir -p "$LAB_DIR/logs"
+  bash lab/down.sh > "$LAB_DIR/logs/down-after-test.log" 2>&1 || { tail -20 "$LAB_DIR/logs/down-after-test.log"; return 1; }
+}
+trap 'lab_down' EXIT
+bash lab/up.sh
+
+stage "unit and integration tests"
+# One pytest run, so its closing line is the count of every test. A missing lab is a failure.
+VMCOLLECT_REQUIRE_LAB=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -ra tests/unit tests/integration
