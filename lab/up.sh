@@ -4,6 +4,8 @@
 #   bash lab/up.sh            LAB_DIR defaults to /var/tmp/vmcollect-lab
 #   FORCE=1 bash lab/up.sh    tear down and bring up again even if the lab is up and healthy
 #   FORCE=1 REBUILD=1 bash lab/up.sh   ... and rebuild the guest even if its inputs did not change
+#   LAB_FAIL_AFTER=<step function> bash lab/up.sh   fail on purpose after that step (tests of a
+#                                                   half-failed up: down.sh must still clean up)
 #
 # If the lab is already up and healthy (lab/status.sh) this is a quick no-op. Otherwise it first
 # runs down.sh (cleans a partial or broken lab), then: builds the guest (cached), creates the
@@ -24,7 +26,9 @@ step() {  # step "label" function
   set +e
   ( set -eEuo pipefail
     trap 'echo "step $fn failed (rc=$?) at line $LINENO: $BASH_COMMAND" >&2' ERR
-    "$fn" ) > "$log" 2>&1
+    "$fn"
+    if [ "${LAB_FAIL_AFTER:-}" = "$fn" ]; then echo "LAB_FAIL_AFTER=$fn: failing on purpose"; exit 97; fi
+  ) > "$log" 2>&1
   rc=$?
   set -e
   printf '  %-30s %6ss%s\n' "$label" "$(elapsed "$t0")" "$([ $rc = 0 ] || echo "  FAILED rc=$rc")" | tee -a "$LAB_LOGS/timings.txt"
@@ -253,7 +257,7 @@ guest_start() {
     tail -20 "$LAB_HOSTS/kvm/var-log-libvirt/qemu/$GUEST_NAME.log" 2>/dev/null; return 1; }
   grep -q -a 'LAB-DISK-WRITTEN /dev/vda ' "$L/console.log" || { echo "guest did not write the vda marker"; return 1; }
   grep -q -a 'LAB-DISK-WRITTEN /dev/vdb ' "$L/console.log" || { echo "guest did not write the vdb marker"; return 1; }
-  grep -a -o 'LAB-MARKER=FORENSIC-MARKER-[0-9a-f]*' "$L/console.log" | head -1 | cut -d= -f2 > "$LAB_STATE/guest-marker"
+  grep -a -o -m1 'LAB-MARKER=FORENSIC-MARKER-[0-9a-f]*' "$L/console.log" | cut -d= -f2 > "$LAB_STATE/guest-marker"
   [ -s "$LAB_STATE/guest-marker" ] || { echo "no marker on the console"; return 1; }
   echo "marker: $(cat "$LAB_STATE/guest-marker")"
   "${VIRSH[@]}" domblklist "$GUEST_NAME" --details

@@ -18,7 +18,7 @@ for required in MANIFEST.json FILES.json README.md LICENSE meta/runtime.yml plug
 done
 # Install it into a scratch path and render every module's documentation from there.
 "$VENV/bin/ansible-galaxy" collection install --force -p "$OUT/collections" "$tarball" >/dev/null
-for m in $(sed -n 's|^plugins/modules/\([a-z_]*\)\.py$|\1|p' "$OUT/contents.txt"); do
+sed -n 's|^plugins/modules/\([a-z_]*\)\.py$|\1|p' "$OUT/contents.txt" | while read -r m; do
   ANSIBLE_COLLECTIONS_PATH=$OUT/collections "$VENV/bin/ansible-doc" -t module "dfir.vmcollect.$m" > "$OUT/$m.txt"
   echo "ansible-doc dfir.vmcollect.$m: $(wc -l < "$OUT/$m.txt") lines"
 done

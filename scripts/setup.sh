@@ -54,7 +54,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements.txt"
   echo "$want" > "$stamp"
 fi
-"$VENV/bin/ansible" --version | head -1
+"$VENV/bin/ansible" --version | sed -n 1p   # sed reads to the end: no SIGPIPE under pipefail
 
 # Ansible finds the collection by its name: .build/collections/ansible_collections/dfir/vmcollect
 # points at this checkout.
