@@ -41,7 +41,27 @@ class HashMismatchError(VmcollectError):
     """At least one digest differs from the expected one."""
 
 
+class DestinationError(VmcollectError):
+    """A destination cannot be written, lacks space, or already holds something else."""
+
+
 def fail_module(module, error, **result):
     """Turn a VmcollectError into fail_json (for use in a module's main() only)."""
     result.update(error.details)
     module.fail_json(msg=error.message, **result)
+
+
+class JournalError(VmcollectError):
+    """The undo journal cannot be written, read or replayed."""
+
+
+class LibvirtError(VmcollectError):
+    """libvirt cannot be reached, or refused or failed a call about a VM."""
+
+
+class DomainNotFoundError(LibvirtError):
+    """No VM with the given name or UUID is defined on the host."""
+
+
+class SnapshotError(VmcollectError):
+    """A VM's disks cannot be frozen, or the freeze cannot be undone."""

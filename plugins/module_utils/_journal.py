@@ -1,0 +1,269 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The undo journal: every change to a host is written down before it is made.
+
+One JSON-lines file per case and host: ``<journal_dir>/<case_id>/<hostname>.jsonl``. A module
+that changes the host appends a ``change`` record holding everything needed to undo it, fsyncs
+it, and only then makes the change; after the change it appends ``applied``. ``teardown``
+replays the journal newest first: every change not yet ``undone`` is handed to the undo
+handler registered for its action, then an ``undone`` record is appended. Handlers must be
+idempotent and must cope with a change that was recorded but never (or only half) applied:
+a crash or ``kill -9`` can fall between the record and the change.
+
+Records are only ever appended, under an exclusive ``flock``, so two tasks on one host cannot
+interleave lines, and a torn last line (a crash mid-write) is ignored with a note.
+
+The journal itself is a trace on the host: the folders it had to create are recorded in the
+first record, and a complete teardown returns the records (for the case's custody log) and
+removes the file and those folders.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+import uuid
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
+
+DEFAULT_JOURNAL_DIR = "/var/lib/dfir-vmcollect/journal"
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# action name -> function(undo_dict, check_mode) -> short sentence of what was (or would be) done
+UNDO_HANDLERS = {}
+
+
+def undo_handler(action):
+    """Decorator: register the function that undoes changes recorded with ``action``."""
+
+    def register(fn):
+        UNDO_HANDLERS[action] = fn
+        return fn
+
+    return register
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_case_id(case_id):
+    if not _CASE_ID.match(case_id or ""):
+        raise InvalidInputError(
+            "The case id %r is not usable in file names; use letters, digits, '.', '_' and '-' "
+            "(at most 128, starting with a letter or digit)." % (case_id,))
+    return case_id
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_recorded(path):
+    """Create ``path`` and missing parents (mode 0700); return the folders created, outermost first."""
+    missing = []
+    cur = os.path.abspath(path)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    created = []
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            continue
+        created.append(folder)
+        _fsync_dir(os.path.dirname(folder))
+    return created
+
+
+class Journal(object):
+    """The journal of one case on this host."""
+
+    def __init__(self, case_id, journal_dir=DEFAULT_JOURNAL_DIR, hostname=None):
+        self.case_id = check_case_id(case_id)
+        if not os.path.isabs(journal_dir):
+            raise InvalidInputError("The journal folder %s is relative; give an absolute path." % journal_dir)
+        self.journal_dir = journal_dir
+        self.hostname = hostname or socket.gethostname()
+        self.case_dir = os.path.join(journal_dir, self.case_id)
+        self.path = os.path.join(self.case_dir, "%s.jsonl" % self.hostname)
+
+    # -- reading --------------------------------------------------------------------------
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def records(self):
+        """All complete records in file order; a torn last line is skipped."""
+        if not self.exists():
+            return []
+        result = []
+        with open(self.path, "rb") as f:
+            lines = f.read().split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                result.append(json.loads(line.decode("utf-8")))
+            except ValueError:
+                if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
+                    continue  # torn last line: the write never completed, so its change never began
+                raise JournalError("Line %d of the journal %s is damaged; it cannot be replayed safely."
+                                   % (number, self.path), journal=self.path)
+        return result
+
+    def pending(self):
+        """Change records not undone yet, newest first."""
+        records = self.records()
+        undone = set(r["ref"] for r in records if r.get("kind") == "undone")
+        applied = set(r["ref"] for r in records if r.get("kind") == "applied")
+        changes = [r for r in records if r.get("kind") == "change" and r["id"] not in undone]
+        for r in changes:
+            r["applied"] = r["id"] in applied
+        return sorted(changes, key=lambda r: r["seq"], reverse=True)
+
+    def find(self, action, **match):
+        """Pending change records of ``action`` whose ``undo`` holds every key/value of ``match``."""
+        return [r for r in self.pending() if r["action"] == action
+                and all(r["undo"].get(k) == v for k, v in match.items())]
+
+    # -- writing --------------------------------------------------------------------------
+    def _append(self, record):
+        created = []
+        if not os.path.isdir(self.case_dir):
+            created = _makedirs_recorded(self.case_dir)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            seq = self._next_seq() if size else 1
+            if not size:
+                # the first record says which folders the journal had to create, so the
+                # final teardown can remove them too
+                first = {"seq": seq, "kind": "journal", "time": utc_now(), "case_id": self.case_id,
+                         "host": self.hostname, "created_dirs": created}
+                os.write(fd, (json.dumps(first, sort_keys=True) + "\n").encode("utf-8"))
+                seq += 1
+            record = dict(record, seq=seq, time=utc_now())
+            os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+            os.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        if not size:
+            _fsync_dir(self.case_dir)
+        return record
+
+    def _next_seq(self):
+        records = self.records()
+        return (max(r.get("seq", 0) for r in records) + 1) if records else 1
+
+    def record_change(self, action, undo, description, module=None):
+        """Write down a change before it is made; returns its id. ``undo`` must be JSON-able."""
+        if action not in UNDO_HANDLERS:
+            raise JournalError("No undo handler is known for the action %r; refusing to make a change "
+                               "that teardown could not undo." % action)
+        record = {"kind": "change", "id": uuid.uuid4().hex, "action": action, "undo": undo,
+                  "description": description, "module": module, "host": self.hostname, "pid": os.getpid()}
+        return self._append(record)["id"]
+
+    def mark_applied(self, change_id, **facts):
+        self._append({"kind": "applied", "ref": change_id, "facts": facts})
+
+    def mark_undone(self, change_id, result):
+        self._append({"kind": "undone", "ref": change_id, "result": result})
+
+    # -- teardown -------------------------------------------------------------------------
+    def teardown(self, check_mode=False, remove_when_done=True):
+        """Undo every pending change, newest first. Stops at the first failure (later undos may
+        depend on it); a rerun continues where it stopped.
+
+        Returns dict(undone=[...], pending=[...], records=[...], removed=bool).
+        """
+        pending = self.pending()
+        undone = []
+        for rec in pending:
+            handler = UNDO_HANDLERS.get(rec["action"])
+            if handler is None:
+                raise JournalError("The journal %s holds a change of kind %r that this version cannot undo."
+                                   % (self.path, rec["action"]), journal=self.path, undone=undone)
+            try:
+                result = handler(rec["undo"], check_mode)
+            except JournalError:
+                raise
+            except Exception as exc:
+                raise JournalError("Undoing '%s' failed: %s. %d earlier change(s) are still in place; fix the "
+                                   "cause and run teardown again." % (rec["description"], exc, len(pending) - len(undone)),
+                                   journal=self.path, undone=undone, failed_change=rec)
+            if not check_mode:
+                self.mark_undone(rec["id"], result)
+            undone.append({"id": rec["id"], "action": rec["action"], "description": rec["description"],
+                           "result": result})
+        records = self.records()
+        removed = False
+        if not check_mode and remove_when_done and self.exists():
+            removed = self._remove()
+        return {"undone": undone, "pending": [] if not check_mode else [r["description"] for r in pending],
+                "records": records, "removed": removed}
+
+    def _remove(self):
+        records = self.records()
+        created = []
+        for r in records:
+            if r.get("kind") == "journal":
+                created = r.get("created_dirs", [])
+        os.unlink(self.path)
+        _fsync_dir(self.case_dir)
+        for folder in sorted(created, key=len, reverse=True):
+            try:
+                os.rmdir(folder)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        return True
+
+
+# -- generic undo handlers usable by every module ---------------------------------------------
+
+@undo_handler("file.created")
+def _undo_file_created(undo, check_mode):
+    """A file this collection created on the host (an overlay, a FIFO, a temporary image)."""
+    path = undo["path"]
+    if not os.path.lexists(path):
+        return "%s was already gone" % path
+    if check_mode:
+        return "would remove %s" % path
+    os.unlink(path)
+    return "removed %s" % path
+
+
+@undo_handler("sysctl")
+def _undo_sysctl(undo, check_mode):
+    """A kernel setting changed through /proc/sys: put the original value back."""
+    path = "/proc/sys/" + undo["name"].replace(".", "/")
+    with open(path) as f:
+        current = f.read().strip()
+    if current == undo["original"]:
+        return "%s is %s as found" % (undo["name"], current)
+    if check_mode:
+        return "would set %s back from %s to %s" % (undo["name"], current, undo["original"])
+    with open(path, "w") as f:
+        f.write(undo["original"] + "\n")
+    return "set %s back from %s to %s" % (undo["name"], current, undo["original"])

@@ -1,0 +1,133 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: teardown
+short_description: Undo every change this collection made to a host for a case
+version_added: 0.1.0
+description:
+  - Replays the case's undo journal on the host, newest change first, and undoes each change
+    that is not undone yet (frozen disks merged back and their overlays removed, host settings
+    put back, temporary files removed).
+  - Works after a crash or a killed playbook; a change that was written down but never made is
+    recognised and skipped. Idempotent; a second run changes nothing.
+  - Stops at the first change it cannot undo and says which; the changes before it stay in the
+    journal, and a later run continues there.
+  - When everything is undone, the journal's records are returned (keep them with the case's
+    custody log) and the journal file, with the folders it had to create, is removed from the
+    host, unless O(keep_journal=true).
+author:
+  - dfir.vmcollect maintainers (@dfir-vmcollect)
+requirements:
+  - libvirt-python (python3-libvirt on Debian and Ubuntu) when the journal holds KVM changes
+options:
+  case_id:
+    description: The case whose changes to undo.
+    type: str
+    required: true
+  journal_dir:
+    description: Folder of the undo journals on the host.
+    type: path
+    default: /var/lib/dfir-vmcollect/journal
+  keep_journal:
+    description: Keep the journal file on the host after everything is undone.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - dfir.vmcollect.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Lists what would be undone and changes nothing.
+  diff_mode:
+    support: none
+seealso:
+  - module: dfir.vmcollect.take_snapshot
+"""
+
+EXAMPLES = r"""
+- name: Put the KVM host back as it was found
+  dfir.vmcollect.teardown:
+    case_id: case-42
+  register: restored
+
+- name: Keep the journal with the case record
+  ansible.builtin.copy:
+    content: "{{ restored.records | to_nice_json }}"
+    dest: "/evidence/case-42/journal-{{ inventory_hostname }}.json"
+    mode: "0640"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+undone:
+  description: The changes undone by this run (or that would be, in check mode), newest first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    description:
+      description: What the change was.
+      type: str
+    action:
+      description: Kind of change.
+      type: str
+    result:
+      description: What undoing it did.
+      type: str
+records:
+  description: Every journal record (changes, when they were applied and undone), UTC times.
+  returned: always
+  type: list
+  elements: dict
+removed:
+  description: Whether the journal file was removed from the host.
+  returned: always
+  type: bool
+journal:
+  description: Path of the journal file on the host.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import DEFAULT_JOURNAL_DIR, Journal
+
+# Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
+# without it, those records fail to undo with the handler's own message.
+try:
+    from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
+except ImportError:
+    pass
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            case_id=dict(type="str", required=True),
+            journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
+            keep_journal=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        journal = Journal(p["case_id"], p["journal_dir"])
+        result = journal.teardown(check_mode=module.check_mode, remove_when_done=not p["keep_journal"])
+    except VmcollectError as exc:
+        fail_module(module, exc, changed=False)
+    module.exit_json(changed=bool(result["undone"]) or result["removed"], undone=result["undone"],
+                     records=result["records"], removed=result["removed"], journal=journal.path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The undo journal on real files: ordering, crash cases, concurrency, removal."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _journal as j
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
+
+CALLS = []
+# the folder that holds ansible_collections/, for child processes
+COLLECTIONS_ROOT = j.__file__
+for _level in range(6):
+    COLLECTIONS_ROOT = os.path.dirname(COLLECTIONS_ROOT)
+
+
+@j.undo_handler("test.append")
+def _undo_append(undo, check_mode):
+    if not check_mode:
+        CALLS.append(undo["n"])
+    return "undid %s" % undo["n"]
+
+
+@j.undo_handler("test.fail_once")
+def _undo_fail_once(undo, check_mode):
+    if os.path.exists(undo["flag"]):
+        os.unlink(undo["flag"])
+        raise RuntimeError("the disk is busy")
+    return "ok"
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    del CALLS[:]
+
+
+@pytest.fixture
+def journal(tmp_path):
+    return j.Journal("case-42", str(tmp_path / "var" / "lib" / "vmc"), hostname="hostA")
+
+
+def test_records_first_then_undone_newest_first_then_removed(journal, tmp_path):
+    ids = [journal.record_change("test.append", {"n": n}, "change %d" % n, module="unit") for n in range(3)]
+    journal.mark_applied(ids[0])
+    assert [r["undo"]["n"] for r in journal.pending()] == [2, 1, 0]
+    assert [r["applied"] for r in journal.pending()] == [False, False, True]
+    assert journal.path == str(tmp_path / "var" / "lib" / "vmc" / "case-42" / "hostA.jsonl")
+    assert oct(os.stat(journal.path).st_mode & 0o777) == "0o600"
+
+    result = journal.teardown()
+    assert CALLS == [2, 1, 0]
+    assert [u["result"] for u in result["undone"]] == ["undid 2", "undid 1", "undid 0"]
+    kinds = [r["kind"] for r in result["records"]]
+    assert kinds[0] == "journal" and kinds.count("change") == 3 and kinds.count("undone") == 3
+    assert all(r["time"].endswith("Z") for r in result["records"])
+    # the journal and every folder it created are gone: the host is as found
+    assert result["removed"] and not os.path.exists(str(tmp_path / "var"))
+
+
+def test_teardown_is_idempotent_and_keeps_folders_it_did_not_create(tmp_path):
+    base = tmp_path / "existing"
+    base.mkdir()
+    journal = j.Journal("c1", str(base), hostname="h")
+    journal.record_change("test.append", {"n": 1}, "one")
+    journal.teardown()
+    assert base.is_dir() and not (base / "c1").exists()
+    again = journal.teardown()
+    assert again["undone"] == [] and CALLS == [1]
+
+
+def test_check_mode_reports_the_plan_and_changes_nothing(journal):
+    journal.record_change("test.append", {"n": 7}, "seven")
+    before = open(journal.path).read()
+    result = journal.teardown(check_mode=True)
+    assert result["pending"] == ["seven"] and CALLS == []
+    assert open(journal.path).read() == before
+
+
+def test_failure_stops_and_a_rerun_continues(journal, tmp_path):
+    flag = str(tmp_path / "busy")
+    open(flag, "w").close()
+    journal.record_change("test.append", {"n": 1}, "first change")
+    journal.record_change("test.fail_once", {"flag": flag}, "second change")
+    journal.record_change("test.append", {"n": 3}, "third change")
+    with pytest.raises(JournalError, match="Undoing 'second change' failed: the disk is busy") as info:
+        journal.teardown()
+    assert CALLS == [3] and len(info.value.details["undone"]) == 1
+    assert [r["description"] for r in journal.pending()] == ["second change", "first change"]
+    journal.teardown()
+    assert CALLS == [3, 1] and not journal.exists()
+
+
+def test_unknown_action_is_refused_before_any_change(journal):
+    with pytest.raises(JournalError, match="No undo handler"):
+        journal.record_change("nobody.knows", {}, "x")
+    assert not journal.exists()
+
+
+def test_torn_last_line_is_ignored_but_damage_inside_is_an_error(journal):
+    journal.record_change("test.append", {"n": 1}, "one")
+    with open(journal.path, "ab") as f:
+        f.write(b'{"kind": "change", "id": "tor')  # the crash hit mid-write
+    assert [r["description"] for r in journal.pending()] == ["one"]
+    with open(journal.path, "ab") as f:
+        f.write(b"\n" + json.dumps({"kind": "applied", "ref": "x", "seq": 99}).encode() + b"\n")
+    with pytest.raises(JournalError, match="is damaged"):
+        journal.pending()
+
+
+@pytest.mark.parametrize("case_id", ["", "../etc", "a/b", ".hidden", "x" * 200, "sp ace"])
+def test_case_ids_that_are_not_file_names_are_refused(case_id, tmp_path):
+    with pytest.raises(InvalidInputError, match="not usable in file names"):
+        j.Journal(case_id, str(tmp_path))
+
+
+def test_relative_journal_dir_refused():
+    with pytest.raises(InvalidInputError, match="relative"):
+        j.Journal("c", "journal")
+
+
+def _child(tmp_path, body):
+    code = textwrap.dedent("""
+        import os, sys
+        sys.path.insert(0, %r)
+        from ansible_collections.dfir.vmcollect.plugins.module_utils import _journal as j
+        journal = j.Journal("case-42", %r, hostname="hostA")
+    """) % (COLLECTIONS_ROOT, str(tmp_path / "jr")) + textwrap.dedent(body)
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    body = """
+        for n in range(200):
+            journal.record_change("file.created", {"path": "/nonexistent/%d-%d" % (os.getpid(), n)}, "w")
+    """
+    procs = [_child(tmp_path, body) for dummy in range(4)]
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    journal = j.Journal("case-42", str(tmp_path / "jr"), hostname="hostA")
+    records = journal.records()
+    assert len(records) == 801  # 4 x 200 changes + the journal header
+    assert sorted(r["seq"] for r in records) == list(range(1, 802))
+
+
+def test_kill_between_record_and_change_is_undone_safely(tmp_path):
+    target = str(tmp_path / "overlay.qcow2")
+    body = """
+        journal.record_change("file.created", {"path": %r}, "create the overlay")
+        os.kill(os.getpid(), 9)  # dies before the change is made
+        open(%r, "w").close()
+    """ % (target, target)
+    proc = _child(tmp_path, body)
+    assert proc.wait() == -signal.SIGKILL
+    assert not os.path.exists(target)
+    journal = j.Journal("case-42", str(tmp_path / "jr"), hostname="hostA")
+    result = journal.teardown()
+    assert result["undone"][0]["result"] == "%s was already gone" % target
+
+
+def test_file_created_handler_removes_what_was_made(tmp_path, journal):
+    made = tmp_path / "made.img"
+    journal.record_change("file.created", {"path": str(made)}, "create a file")
+    made.write_bytes(b"x")
+    assert journal.teardown(check_mode=True)["undone"][0]["result"] == "would remove %s" % made
+    assert made.exists()
+    journal.teardown()
+    assert not made.exists()
+
+
+def test_sysctl_handler_leaves_a_value_as_found_alone(journal):
+    with open("/proc/sys/kernel/ostype") as f:
+        value = f.read().strip()
+    journal.record_change("sysctl", {"name": "kernel.ostype", "original": value}, "read-only sysctl")
+    assert journal.teardown()["undone"][0]["result"] == "kernel.ostype is %s as found" % value
