@@ -65,3 +65,7 @@ class DomainNotFoundError(LibvirtError):
 
 class SnapshotError(VmcollectError):
     """A VM's disks cannot be frozen, or the freeze cannot be undone."""
+
+
+class ManifestError(VmcollectError):
+    """The case manifest cannot be read, merged or written."""
