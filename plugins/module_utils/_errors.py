@@ -69,3 +69,11 @@ class SnapshotError(VmcollectError):
 
 class ManifestError(VmcollectError):
     """The case manifest cannot be read, merged or written."""
+
+
+class MemoryAcquisitionError(VmcollectError):
+    """A VM's memory cannot be acquired by the method asked for (never replaced by another method)."""
+
+
+class MigrationStreamError(VmcollectError):
+    """A QEMU migration stream is truncated, malformed, or holds something this reader cannot decode."""

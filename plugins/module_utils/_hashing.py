@@ -6,7 +6,10 @@
 One reader fills buffers from a small pool; every algorithm has its own thread that
 hashes each buffer (hashlib releases the GIL on large updates, so the algorithms really
 run in parallel); a buffer goes back to the pool once every algorithm has hashed it.
-With a single algorithm there is no thread at all: read and hash in one loop.
+With a single algorithm there is no thread at all: read and hash in one loop (unless the
+caller asks for a reading thread, to overlap cold reads with hashing). ``read_source`` is
+that one read; its consumers are hashers here, and hashers plus a destination writer in
+``_copy`` (one fan-out for both).
 
 Holes of sparse files are hashed as zeros without being read. Sources are opened
 read-only, with O_NOATIME where allowed, and a regular file whose size, inode or mtime
@@ -43,6 +46,9 @@ ALGORITHM_BY_HEX_LENGTH = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 MIN_BLOCK_SIZE = 64 * 1024
 _POOL_DEPTH = 4  # buffers in flight per multi-algorithm hash
+# Holes are hashed from one zero buffer this large: fewer, larger updates (and, threaded, fewer
+# hand-overs). Untouched, calloc'ed memory maps the kernel's zero page: it costs no RAM.
+HOLE_CHUNK = 16 * 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -78,14 +84,29 @@ def normalize_digest(digest, algorithm=None):
     return algorithm, value
 
 
+class HashConsumer(object):
+    """Feeds every block, holes included (as zeros), to one hashlib object."""
+
+    wants_holes = True
+
+    def __init__(self, hasher):
+        self.hasher = hasher
+        self.name = "hash-%s" % hasher.name
+
+    def consume(self, view, offset, is_data):
+        self.hasher.update(view)
+
+
 class _Ticket(object):
-    """One filled buffer shared by all hashing threads; recycled when the last one is done."""
+    """One block shared by all consumers; its buffer is recycled when the last one is done."""
 
-    __slots__ = ("buf", "length", "_left", "_lock", "_pool")
+    __slots__ = ("buf", "length", "offset", "is_data", "_left", "_lock", "_pool")
 
-    def __init__(self, buf, length, consumers, pool):
+    def __init__(self, buf, length, offset, is_data, consumers, pool):
         self.buf = buf
         self.length = length
+        self.offset = offset
+        self.is_data = is_data
         self._left = consumers
         self._lock = threading.Lock()
         self._pool = pool  # None for the shared zero buffer: nothing to recycle
@@ -99,25 +120,26 @@ class _Ticket(object):
 
 
 class _SerialSink(object):
-    """One algorithm: hash in the reading thread."""
+    """One consumer: it runs in the reading thread."""
 
-    def __init__(self, hashers, block_size):
-        self._hashers = hashers
+    def __init__(self, consumers, block_size):
+        self._consumers = consumers
         self._buf = bytearray(block_size)
-        self._zero = memoryview(bytes(block_size))
+        self._zero = memoryview(bytes(max(block_size, HOLE_CHUNK)))
 
     def buffer(self):
         return self._buf
 
-    def submit(self, buf, length):
+    def submit(self, buf, length, offset):
         view = memoryview(buf)[:length]
-        for h in self._hashers:
-            h.update(view)
+        for c in self._consumers:
+            c.consume(view, offset, True)
 
-    def submit_zeros(self, length):
+    def submit_zeros(self, length, offset):
         view = self._zero[:length]
-        for h in self._hashers:
-            h.update(view)
+        for c in self._consumers:
+            if c.wants_holes:
+                c.consume(view, offset, False)
 
     def finish(self):
         pass
@@ -127,31 +149,39 @@ class _SerialSink(object):
 
 
 class _ThreadedSink(object):
-    """Several algorithms: one thread each, fed the same buffers."""
+    """Several consumers (hash algorithms, a destination writer): one thread each, fed the same buffers.
 
-    def __init__(self, hashers, block_size, depth=_POOL_DEPTH):
+    The reader fills buffers from a small pool; each filled buffer goes to every consumer's
+    queue in order and back to the pool when the last consumer is done with it. A consumer
+    that does not want holes (a writer) never sees them. The first error of any consumer
+    stops the others and is raised in the reading thread.
+    """
+
+    def __init__(self, consumers, block_size, depth=_POOL_DEPTH):
         self._pool = queue.Queue()
         for dummy in range(depth):
             self._pool.put(bytearray(block_size))
-        self._zero = bytes(block_size)
-        self._queues = [queue.Queue() for dummy in hashers]
+        self._zero = bytes(max(block_size, HOLE_CHUNK))
+        self._queues = [queue.Queue() for dummy in consumers]
+        self._hole_queues = [q for c, q in zip(consumers, self._queues) if c.wants_holes]
         self._errors = []
+        self._abort = False
         self._threads = []
-        for h, q in zip(hashers, self._queues):
-            t = threading.Thread(target=self._work, args=(h, q), name="vmcollect-hash-%s" % h.name)
+        for c, q in zip(consumers, self._queues):
+            t = threading.Thread(target=self._work, args=(c, q), name="vmcollect-%s" % c.name)
             t.daemon = True
             t.start()
             self._threads.append(t)
 
-    def _work(self, hasher, q):
+    def _work(self, consumer, q):
         while True:
             ticket = q.get()
             if ticket is None:
                 return
             try:
-                if not self._errors:
-                    hasher.update(memoryview(ticket.buf)[:ticket.length])
-            except Exception as exc:  # pragma: no cover - hashlib does not fail on bytes
+                if not self._errors and not self._abort:
+                    consumer.consume(memoryview(ticket.buf)[:ticket.length], ticket.offset, ticket.is_data)
+            except Exception as exc:  # a writer's OSError, a VmcollectError: raised by the reader
                 self._errors.append(exc)
             finally:
                 ticket.release()
@@ -162,26 +192,34 @@ class _ThreadedSink(object):
 
     def buffer(self):
         while True:
+            self._raise_worker_error()  # consumers that failed skip their work: stop reading
             try:
                 return self._pool.get(timeout=1.0)
             except queue.Empty:
-                self._raise_worker_error()
+                pass
 
-    def _fan_out(self, ticket):
+    def submit(self, buf, length, offset):
+        ticket = _Ticket(buf, length, offset, True, len(self._queues), self._pool)
         for q in self._queues:
             q.put(ticket)
 
-    def submit(self, buf, length):
-        self._fan_out(_Ticket(buf, length, len(self._queues), self._pool))
-
-    def submit_zeros(self, length):
-        self._fan_out(_Ticket(self._zero, length, len(self._queues), None))
+    def submit_zeros(self, length, offset):
+        if self._hole_queues:
+            ticket = _Ticket(self._zero, length, offset, False, len(self._hole_queues), None)
+            for q in self._hole_queues:
+                q.put(ticket)
 
     def finish(self):
-        self.close()
+        """Let every consumer do all the work queued, then raise the first error, if any."""
+        self._stop()
         self._raise_worker_error()
 
     def close(self):
+        """Stop without doing the work still queued (the read failed or was interrupted)."""
+        self._abort = True
+        self._stop()
+
+    def _stop(self):
         if not self._threads:
             return
         for q in self._queues:
@@ -191,7 +229,7 @@ class _ThreadedSink(object):
         self._threads = []
 
 
-def _read_exact(fd, offset, view, path):
+def _read_exact(fd, offset, view, path, verb="hashed"):
     """Fill ``view`` from ``offset``; a short file is an error (it shrank while read)."""
     done = 0
     total = len(view)
@@ -199,68 +237,95 @@ def _read_exact(fd, offset, view, path):
         n = os.preadv(fd, [view[done:]], offset + done)
         if n == 0:
             raise EvidenceSourceError(
-                "The file %s ended at byte %d while being hashed; it changed under the read."
-                % (path, offset + done), failed_path=path)
+                "The file %s ended at byte %d while being %s; it changed under the read."
+                % (path, offset + done, verb), failed_path=path)
         done += n
 
 
-def _identity(st):
+def identity(st):
+    """What must not move while a regular file is read: device, inode, size, mtime."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def hash_path(path, algorithms=("sha256",), block_size=DEFAULT_BLOCK_SIZE, sparse=True, progress=None):
+def read_source(fd, st_before, path, consumers, block_size=DEFAULT_BLOCK_SIZE, sparse=True, progress=None,
+                verb="hashed", threaded=False):
+    """Read an open source once, in order, feeding every block to every consumer.
+
+    ``consumers`` have ``name``, ``wants_holes`` and ``consume(view, offset, is_data)``; with
+    one consumer it runs in the reading thread (unless ``threaded``: then reads from a cold
+    disk overlap the hashing), with several each gets a thread of its own fed from the same
+    buffers. Holes are handed, as zeros and without a read, to consumers
+    that want them. ``progress(done_bytes, total_bytes)`` is called after every block.
+    A regular file whose identity moved meanwhile is an error.
+
+    Returns a dict: size, data_bytes (bytes read), hole_bytes (bytes not read), seconds.
+    """
+    block_size = max(int(block_size), MIN_BLOCK_SIZE)
+    size = source_size(fd, st_before)
+    sink = (_ThreadedSink if threaded or len(consumers) > 1 else _SerialSink)(consumers, block_size)
+    data_bytes = hole_bytes = 0
+    started = time.monotonic()
+    try:
+        extents = iter_extents(fd, size) if sparse else [(0, size, True)]
+        for offset, length, is_data in extents:
+            end = offset + length
+            while offset < end:
+                n = min(block_size if is_data else max(block_size, HOLE_CHUNK), end - offset)
+                if is_data:
+                    buf = sink.buffer()
+                    _read_exact(fd, offset, memoryview(buf)[:n], path, verb)
+                    sink.submit(buf, n, offset)
+                    data_bytes += n
+                else:
+                    sink.submit_zeros(n, offset)
+                    hole_bytes += n
+                offset += n
+                if progress is not None:
+                    progress(offset, size)
+        sink.finish()
+    finally:
+        sink.close()
+    seconds = time.monotonic() - started
+    st_after = os.fstat(fd)
+    if stat.S_ISREG(st_before.st_mode) and identity(st_before) != identity(st_after):
+        raise EvidenceSourceError(
+            "The file %s changed while it was being %s (size or modification time moved); "
+            "its digest would describe no real state." % (path, verb), failed_path=path)
+    return {"size": size, "data_bytes": data_bytes, "hole_bytes": hole_bytes, "seconds": seconds}
+
+
+def hash_result(path, hashers, stats):
+    """The result dict of hash_path from hashlib objects and read_source's stats."""
+    seconds = stats["seconds"]
+    return {
+        "path": path,
+        "size": stats["size"],
+        "digests": dict((h.name, h.hexdigest()) for h in hashers),
+        "seconds": round(seconds, 6),
+        "mib_per_s": round(stats["size"] / 1048576.0 / seconds, 1) if seconds > 0 else None,
+        "data_bytes": stats["data_bytes"],
+        "hole_bytes": stats["hole_bytes"],
+    }
+
+
+def hash_path(path, algorithms=("sha256",), block_size=DEFAULT_BLOCK_SIZE, sparse=True, progress=None,
+              threaded=False):
     """Hash one regular file or block device in a single read.
 
     Returns a dict: path, size, digests {algorithm: hex}, seconds, mib_per_s,
     data_bytes (bytes actually read) and hole_bytes (bytes hashed as zeros without a read).
     ``progress(done_bytes, total_bytes)`` is called after every block, if given.
+    ``threaded`` reads in a thread of its own even for one algorithm (for cold reads).
     """
     algorithms = normalize_algorithms(algorithms)
-    block_size = max(int(block_size), MIN_BLOCK_SIZE)
-    fd, st_before = open_source(path)
+    fd, st = open_source(path)
     try:
-        size = source_size(fd, st_before)
         hashers = [hashlib.new(alg) for alg in algorithms]
-        sink = (_SerialSink if len(hashers) == 1 else _ThreadedSink)(hashers, block_size)
-        data_bytes = hole_bytes = 0
-        started = time.monotonic()
-        try:
-            extents = iter_extents(fd, size) if sparse else [(0, size, True)]
-            for offset, length, is_data in extents:
-                end = offset + length
-                while offset < end:
-                    n = min(block_size, end - offset)
-                    if is_data:
-                        buf = sink.buffer()
-                        _read_exact(fd, offset, memoryview(buf)[:n], path)
-                        sink.submit(buf, n)
-                        data_bytes += n
-                    else:
-                        sink.submit_zeros(n)
-                        hole_bytes += n
-                    offset += n
-                    if progress is not None:
-                        progress(offset, size)
-            sink.finish()
-        finally:
-            sink.close()
-        seconds = time.monotonic() - started
-        st_after = os.fstat(fd)
+        stats = read_source(fd, st, path, [HashConsumer(h) for h in hashers], block_size, sparse, progress,
+                            threaded=threaded)
     finally:
         os.close(fd)
-    if stat.S_ISREG(st_before.st_mode) and _identity(st_before) != _identity(st_after):
-        raise EvidenceSourceError(
-            "The file %s changed while it was being hashed (size or modification time moved); "
-            "its digest would describe no real state." % path, failed_path=path)
-    return {
-        "path": path,
-        "size": size,
-        "digests": dict((h.name, h.hexdigest()) for h in hashers),
-        "seconds": round(seconds, 6),
-        "mib_per_s": round(size / 1048576.0 / seconds, 1) if seconds > 0 else None,
-        "data_bytes": data_bytes,
-        "hole_bytes": hole_bytes,
-    }
+    return hash_result(path, hashers, stats)
 
 
 def _unescape_gnu(name):
