@@ -6,10 +6,13 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help test setup sanity lint unit integration build lab-up lab-down lab-status bench clean
+.PHONY: help demo test setup sanity lint unit integration build lab-up lab-down lab-status bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+demo:  ## install, bring the lab up, acquire the lab guest (disks + RAM), show the evidence and manifest
+	scripts/demo.sh
 
 test:  ## install everything, sanity, lint, build check, lab up, unit + integration tests, lab down
 	scripts/test.sh

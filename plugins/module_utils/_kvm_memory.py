@@ -1,0 +1,768 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Acquire the RAM of a running KVM domain into an image file, by the method asked for.
+
+Methods (one that cannot be used is an error, never replaced by another):
+
+* ``pmemsave``: QMP ``pmemsave`` through libvirt's monitor passthrough. The guest keeps
+  running, so the image is smeared over the copy's duration. QEMU writes the file itself, as
+  the user it runs as; see ``take_pmemsave`` for how the file is made writable to it and
+  taken back.
+* ``pmemsave_paused``: the same with the guest paused (journaled before the pause, resumed in a
+  ``finally``, and by teardown after a crash).
+* ``core_dump``: libvirt's ``coreDumpWithFormat`` memory-only, an ELF core file; libvirt and
+  QEMU pause the guest for the whole dump. ``dump-guest-memory`` is never sent over QMP: libvirtd
+  9.0 crashes when QEMU reports a dump it did not start.
+* ``background_snapshot``: QEMU's ``background-snapshot`` migration capability (userfaultfd
+  write protection) to an ``fd:`` target: a new file (``<dest>.stream.partial``) whose fd is
+  handed to QEMU with ``getfd`` (``exec:`` would be killed by libvirt's seccomp filter). The
+  guest pauses for a few milliseconds. Then its RAM is extracted into a sparse raw image
+  (``_migration_stream``) and the stream file removed. Not a pipe: if this process died
+  mid-snapshot, QEMU 7.2 would get EPIPE and its failure path leaves guest RAM write-protected,
+  which wedged the VM on the lab; a file lets QEMU finish alone. QEMU 7.2 needs
+  ``vm.unprivileged_userfaultfd=1`` when it does not run as root; that sysctl and the
+  capability are journaled before they are changed and put back as soon as the snapshot is over.
+
+Every image goes to ``<dest>.partial`` (journaled as a created file before it exists), is
+fsynced, owned by the module's user with mode 0640, hashed in one read, and renamed to
+``<dest>``. Guest pauses are measured from libvirt lifecycle events (SUSPENDED to RESUMED)
+received by an event loop thread registered before the acquisition starts.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import io
+import json
+import os
+import pwd
+import stat
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+try:
+    import libvirt
+    import libvirt_qemu
+except ImportError:  # pragma: no cover - reported by the module with missing_required_lib
+    libvirt = None
+    libvirt_qemu = None
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
+    DestinationError,
+    DomainNotFoundError,
+    InvalidInputError,
+    MemoryAcquisitionError,
+    VmcollectError,
+)
+from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import absolute, hash_path, normalize_algorithms
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler, utc_now
+from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
+    connect,
+    find_domain,
+    parse_domain_xml,
+    power_state,
+)
+from ansible_collections.dfir.vmcollect.plugins.module_utils._migration_stream import extract_ram
+
+METHODS = ("pmemsave", "pmemsave_paused", "core_dump", "background_snapshot")
+FORMATS = ("raw",)
+PARTIAL_SUFFIX = ".partial"
+IMAGE_MODE = 0o640
+MIB = 1024 * 1024
+SPACE_MARGIN = 64 * MIB  # free space kept beyond the RAM size (at least; 1% for large guests)
+UFFD_SYSCTL = "vm.unprivileged_userfaultfd"
+CAPABILITY = "background-snapshot"
+FD_NAME = "vmcollect-memory"
+MIGRATION_POLL = 0.02  # seconds between two query-migrate
+MIGRATION_TIMEOUT_MIN = 300.0
+MIGRATION_SECONDS_PER_GIB = 120.0
+EVENT_WAIT = 2.0  # seconds to wait for a RESUMED event after the guest was resumed
+STREAM_BUFFER = 1024 * 1024
+STREAM_SUFFIX = ".stream.partial"
+ACTION_SUSPEND = "kvm.domain_suspended"
+ACTION_CAPABILITY = "kvm.migration_capability"
+# libvirt's lifecycle event numbers (virDomainEventType), fixed by libvirt's ABI
+EVENT_SUSPENDED = 3
+EVENT_RESUMED = 4
+EVENT_STOPPED = 5
+# guest-physical RAM is one linear range from 0 below these sizes (QEMU's PCI hole split)
+_LINEAR_RAM_LIMIT = {"q35": 0xB0000000, "pc": 0xE0000000}
+_ACTIVE_MIGRATION = ("setup", "active", "device", "pre-switchover", "cancelling", "wait-unplug")
+TAINT_NOTE = ("qemu-monitor-command marks the domain as tainted (custom-monitor) in libvirt's log of the VM; "
+              "record it in the custody log.")
+
+
+# ------------------------------------------------------------------------ pause measurement
+
+def pause_intervals(events, until):
+    """Guest pauses in ms from lifecycle events ``[(monotonic, event, detail)]``: each SUSPENDED
+    to the next RESUMED (or STOPPED); a pause still open at the end lasts until ``until``."""
+    pauses = []
+    since = None
+    for when, event, dummy in events:
+        if event == EVENT_SUSPENDED and since is None:
+            since = when
+        elif event in (EVENT_RESUMED, EVENT_STOPPED) and since is not None:
+            pauses.append(round((when - since) * 1000.0, 1))
+            since = None
+    if since is not None:
+        pauses.append(round((until - since) * 1000.0, 1))
+    return pauses
+
+
+_EVENT_LOOP = {"thread": None}
+
+
+def _run_event_loop():
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            time.sleep(0.1)
+
+
+def start_event_loop():
+    """libvirt's default event loop in a daemon thread; must run before a connection is opened."""
+    if _EVENT_LOOP["thread"] is not None:
+        return
+    libvirt.virEventRegisterDefaultImpl()
+    thread = threading.Thread(target=_run_event_loop, name="vmcollect-libvirt-events")
+    thread.daemon = True
+    thread.start()
+    _EVENT_LOOP["thread"] = thread
+
+
+class PauseWatch(object):
+    """Records one domain's lifecycle events (arrival time, event, detail) while it is open."""
+
+    def __init__(self, conn, dom):
+        self.conn = conn
+        self.events = []
+        self._cond = threading.Condition()
+        self._id = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None)
+
+    def _event(self, conn, dom, event, detail, opaque):
+        with self._cond:
+            self.events.append((time.monotonic(), event, detail))
+            self._cond.notify_all()
+
+    def _paused(self):
+        last = [e for e in self.events if e[1] in (EVENT_SUSPENDED, EVENT_RESUMED, EVENT_STOPPED)]
+        return bool(last) and last[-1][1] == EVENT_SUSPENDED
+
+    def wait_unpaused(self, timeout=EVENT_WAIT):
+        """Wait until a SUSPENDED event seen so far is followed by its RESUMED (events come late)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._paused() and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+
+    def pauses(self):
+        with self._cond:
+            return pause_intervals(list(self.events), time.monotonic())
+
+    def close(self):
+        try:
+            self.conn.domainEventDeregisterAny(self._id)
+        except libvirt.libvirtError:
+            pass
+
+
+# ------------------------------------------------------------------------ facts and plan
+
+def _libvirt_message(exc):
+    return str(exc.get_error_message() or exc).strip().rstrip(".")
+
+
+def parse_dac_label(label):
+    """``+64055:+64055`` or ``libvirt-qemu:kvm`` (libvirt's DAC seclabel) -> (uid, gid), or None."""
+    if not label or ":" not in label:
+        return None
+    user, group = label.split(":", 1)
+    try:
+        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
+        if group.startswith("+"):
+            gid = int(group[1:])
+        else:
+            import grp  # only needed for named groups
+            gid = grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        return None
+    return uid, gid
+
+
+def qemu_identity(xml_text, name, proc="/proc"):
+    """(uid, gid) QEMU runs as: the live XML's DAC label, else the owner of its process."""
+    root = ET.fromstring(xml_text)
+    for sec in root.findall("seclabel"):
+        if sec.get("model") == "dac":
+            ident = parse_dac_label((sec.findtext("label") or "").strip())
+            if ident:
+                return ident
+    needle = ("guest=%s," % name.replace(",", ",,")).encode()
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, pid, "cmdline"), "rb") as f:
+                if needle not in f.read():
+                    continue
+            st = os.stat(os.path.join(proc, pid))
+        except OSError:
+            continue
+        return st.st_uid, st.st_gid
+    raise MemoryAcquisitionError("Cannot tell which user the QEMU of VM %s runs as (no DAC label in its live XML, "
+                                 "no process found)." % name)
+
+
+def _groups(uid, gid):
+    try:
+        return set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        return {gid}
+
+
+def untraversable(folder, uid, gid):
+    """The first folder on the way to ``folder`` that user ``uid`` cannot search, or None (mode bits only)."""
+    if uid == 0:
+        return None
+    groups = _groups(uid, gid)
+    path = folder
+    chain = []
+    while True:
+        chain.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(chain):
+        st = os.stat(path)
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return path
+    return None
+
+
+def linear_ram_limit(machine):
+    """RAM size from which guest-physical memory is no longer one range from 0 (the PCI hole)."""
+    return _LINEAR_RAM_LIMIT["q35" if "q35" in (machine or "") else "pc"]
+
+
+def free_bytes(folder):
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def needed_bytes(ram, method):
+    """The RAM size plus a margin; twice the RAM for a background snapshot (its stream file, then the image)."""
+    copies = 2 if method == "background_snapshot" else 1
+    return copies * ram + max(SPACE_MARGIN, ram // 100)
+
+
+def read_sysctl(name):
+    with open("/proc/sys/" + name.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+def write_sysctl(name, value):
+    with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
+        f.write("%s\n" % value)
+
+
+def vm_facts(dom):
+    """What the plan needs from the domain: name, uuid, state, RAM, machine, QEMU's user."""
+    xml = dom.XMLDesc(0)
+    info = parse_domain_xml(xml)
+    state, reason = dom.state(0)
+    vm = {"name": dom.name(), "uuid": dom.UUIDString(), "state": power_state(state, reason)[0],
+          "ram": info["memory_bytes"],
+          "machine": info["os"]["machine"]}
+    vm["running"] = state == libvirt.VIR_DOMAIN_RUNNING
+    vm["active"] = bool(dom.isActive())
+    vm["qemu_uid"], vm["qemu_gid"] = qemu_identity(xml, vm["name"]) if vm["active"] else (None, None)
+    return vm
+
+
+def check_destination(dest, force, journal):
+    """The destination's folder must exist; an existing file is refused unless ``force``; an
+    existing partial is refused unless this case's journal created it."""
+    dest = absolute(dest)
+    folder = os.path.dirname(dest)
+    if not os.path.isdir(folder):
+        raise DestinationError("The folder %s of the memory image does not exist; create it first." % folder,
+                               dest=dest)
+    if os.path.lexists(dest):
+        if not os.path.isfile(dest) or os.path.islink(dest):
+            raise DestinationError("%s exists and is not a regular file; it is not overwritten." % dest, dest=dest)
+        if not force:
+            raise DestinationError("%s exists already; give another dest, or force=true to replace it." % dest,
+                                   dest=dest)
+    for work in (dest + PARTIAL_SUFFIX, dest + STREAM_SUFFIX):
+        if os.path.lexists(work) and not journal.find("file.created", path=work):
+            raise DestinationError("%s exists and this case's journal did not create it; it is not ours to overwrite."
+                                   % work, dest=dest)
+    return dest, dest + PARTIAL_SUFFIX
+
+
+def plan(vm, dest, method, journal, force=False):
+    """Check everything that can be checked before a change; returns the plan (check mode's result)."""
+    label = "%s (%s)" % (vm["name"], vm["uuid"])
+    if not vm["active"]:
+        raise MemoryAcquisitionError("The VM %s is %s; a VM that is not running has no memory to acquire."
+                                     % (label, vm["state"]), vm=_vm_public(vm))
+    if method == "background_snapshot" and not vm["running"]:
+        raise MemoryAcquisitionError(
+            "The VM %s is %s. QEMU 7.2 resumes a paused guest at the end of a background snapshot, so that method is "
+            "refused for a guest that is not running; a paused guest is frozen anyway: use pmemsave or core_dump."
+            % (label, vm["state"]), vm=_vm_public(vm))
+    if method in ("pmemsave", "pmemsave_paused") and vm["ram"] >= linear_ram_limit(vm["machine"]):
+        raise MemoryAcquisitionError(
+            "The VM %s has %d MiB of RAM on machine type %s: its RAM is split around the PCI hole, and pmemsave of one "
+            "range from 0 would read device memory. Use background_snapshot or core_dump."
+            % (label, vm["ram"] // MIB, vm["machine"]), vm=_vm_public(vm))
+    dest, partial = check_destination(dest, force, journal)
+    folder = os.path.dirname(dest)
+    free = free_bytes(folder)
+    need = needed_bytes(vm["ram"], method)
+    if free < need:
+        raise DestinationError("%s has %d MiB free; the memory image of VM %s needs %d MiB (its RAM plus a margin)."
+                               % (folder, free // MIB, label, need // MIB), dest=dest, free_bytes=free,
+                               needed_bytes=need)
+    if method in ("pmemsave", "pmemsave_paused"):
+        blocked = untraversable(folder, vm["qemu_uid"], vm["qemu_gid"])
+        if blocked:
+            raise DestinationError("QEMU writes a pmemsave image itself, as uid %d, which cannot reach %s (%s is not "
+                                   "searchable for it); choose a dest whose folders QEMU can enter."
+                                   % (vm["qemu_uid"], folder, blocked), dest=dest)
+    return {"vm": _vm_public(vm), "method": method, "dest": dest, "partial": partial, "stream": dest + STREAM_SUFFIX,
+            "size": vm["ram"],
+            "free_bytes": free, "needed_bytes": need, "host_changes": planned_changes(vm, method, dest),
+            "smeared": method == "pmemsave"}
+
+
+def _vm_public(vm):
+    return {"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "ram_bytes": vm["ram"]}
+
+
+def planned_changes(vm, method, dest):
+    partial = dest + PARTIAL_SUFFIX
+    changes = ["create %s (renamed to the image when complete)" % partial]
+    if method in ("pmemsave", "pmemsave_paused") and vm["qemu_uid"]:
+        changes.append("make %s writable for QEMU's uid %d while QEMU writes it" % (partial, vm["qemu_uid"]))
+    if method == "pmemsave_paused" and vm["running"]:
+        changes.append("pause VM %s for the copy and resume it" % vm["name"])
+    if method == "background_snapshot":
+        if vm["qemu_uid"] and read_sysctl(UFFD_SYSCTL) == "0":
+            changes.append("set %s from 0 to 1 for the snapshot, then back to 0" % UFFD_SYSCTL)
+        changes.append("turn QEMU's migration capability %s on for the snapshot, then off" % CAPABILITY)
+        changes.append("create %s for QEMU's migration stream, removed once its RAM is extracted" % (dest + STREAM_SUFFIX))
+    return changes
+
+
+# ------------------------------------------------------------------------ QEMU monitor
+
+def qmp(dom, execute, arguments=None, files=None):
+    """One QMP command through libvirt's passthrough; QEMU's error becomes MemoryAcquisitionError."""
+    cmd = {"execute": execute}
+    if arguments is not None:
+        cmd["arguments"] = arguments
+    try:
+        if files:
+            text = libvirt_qemu.qemuMonitorCommandWithFiles(dom, json.dumps(cmd), files, 0)[0]
+        else:
+            text = libvirt_qemu.qemuMonitorCommand(dom, json.dumps(cmd), 0)
+    except libvirt.libvirtError as exc:
+        raise MemoryAcquisitionError("QEMU's monitor did not run %s: %s." % (execute, _libvirt_message(exc)),
+                                     qmp_command=execute)
+    reply = json.loads(text)
+    if "error" in reply:
+        raise MemoryAcquisitionError("QEMU refused %s: %s." % (execute, reply["error"].get("desc", reply["error"])),
+                                     qmp_command=execute)
+    return reply.get("return")
+
+
+def capability_state(dom, name=CAPABILITY):
+    """A migration capability's state (True/False), or None if this QEMU does not have it."""
+    for cap in qmp(dom, "query-migrate-capabilities"):
+        if cap.get("capability") == name:
+            return bool(cap.get("state"))
+    return None
+
+
+def set_capability(dom, state, name=CAPABILITY):
+    qmp(dom, "migrate-set-capabilities", {"capabilities": [{"capability": name, "state": state}]})
+
+
+def migration_status(dom):
+    return (qmp(dom, "query-migrate") or {}).get("status")
+
+
+# ------------------------------------------------------------------------ the image file
+
+def create_journaled_file(journal, partial, what="the partial memory image", owner=None):
+    """Journal, then create an empty file (mode 0600; owned by ``owner`` (uid, gid) if given); returns its fd.
+
+    A file of that name left by an earlier run of this case (its journal created it) is replaced.
+    """
+    if journal.find("file.created", path=partial) and os.path.lexists(partial):
+        os.unlink(partial)
+    change = journal.record_change("file.created", {"path": partial}, "create %s %s" % (what, partial),
+                                   module="pmemsave")
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    if owner:
+        os.fchown(fd, owner[0], owner[1])
+    journal.mark_applied(change)
+    return fd
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal(partial):
+    """fsync the written image and make it the module user's, mode 0640 (QEMU may have owned it)."""
+    fd = os.open(partial, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fchown(fd, os.getuid(), os.getgid())
+        os.fchmod(fd, IMAGE_MODE)
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def publish(partial, dest):
+    os.rename(partial, dest)
+    _fsync_dir(os.path.dirname(dest))
+
+
+# ------------------------------------------------------------------------ the methods
+
+def take_pmemsave(journal, dom, vm, p):
+    """QMP pmemsave into the partial, which QEMU (running as another user) writes itself.
+
+    QEMU opens the file by name (``fopen(..., "wb")``), as the user libvirt runs it as: the
+    partial is created empty by this module, owned by that user (mode 0600), so QEMU needs no
+    write access to the folder, only to search the folders above it; ``seal`` takes it back.
+    """
+    owner = (vm["qemu_uid"], vm["qemu_gid"]) if vm["qemu_uid"] else None
+    os.close(create_journaled_file(journal, p["partial"], owner=owner))
+    qmp(dom, "pmemsave", {"val": 0, "size": vm["ram"], "filename": p["partial"]})
+    return {"notes": [TAINT_NOTE]}
+
+
+def take_pmemsave_paused(journal, dom, vm, p):
+    """Pause (journaled first), pmemsave, resume in a finally; a guest already paused stays so."""
+    if not vm["running"]:
+        out = take_pmemsave(journal, dom, vm, p)
+        out["notes"].insert(0, "The VM was already %s; it was neither paused nor resumed by this module." % vm["state"])
+        return out
+    undo = {"uri": p["uri"], "uuid": vm["uuid"], "name": vm["name"]}
+    change = journal.record_change(ACTION_SUSPEND, undo, "pause VM %s (%s) for a memory copy" % (vm["name"], vm["uuid"]),
+                                   module="pmemsave")
+    try:
+        dom.suspend()
+    except libvirt.libvirtError as exc:
+        raise MemoryAcquisitionError("libvirt could not pause VM %s: %s." % (vm["name"], _libvirt_message(exc)))
+    journal.mark_applied(change)
+    undos = [(change, lambda: _resume_if_paused(dom, vm["name"]))]
+    try:
+        out = take_pmemsave(journal, dom, vm, p)
+    except BaseException:
+        restore(journal, undos)
+        raise
+    failed = restore(journal, undos)
+    if failed:
+        raise MemoryAcquisitionError("The memory image of VM %s was taken, but resuming the VM failed: %s. Run "
+                                     "teardown for the case." % (vm["name"], "; ".join(failed)))
+    out["notes"].insert(0, "The guest was paused for the copy, so the image is of one instant.")
+    return out
+
+
+def _resume_if_paused(dom, name):
+    try:
+        state, reason = dom.state(0)
+        if state != libvirt.VIR_DOMAIN_PAUSED:
+            return "VM %s was %s, not paused; nothing to resume" % (name, power_state(state, reason)[0])
+        dom.resume()
+    except libvirt.libvirtError as exc:
+        raise MemoryAcquisitionError("libvirt could not resume VM %s: %s" % (name, _libvirt_message(exc)))
+    return "resumed VM %s" % name
+
+
+def take_core_dump(journal, dom, vm, p):
+    """libvirt's memory-only core dump (ELF) into the partial; libvirt writes the file."""
+    os.close(create_journaled_file(journal, p["partial"]))
+    flags = libvirt.VIR_DUMP_MEMORY_ONLY
+    try:
+        dom.coreDumpWithFormat(p["partial"], libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW, flags)
+    except libvirt.libvirtError as exc:
+        raise MemoryAcquisitionError("libvirt could not dump the memory of VM %s: %s."
+                                     % (vm["name"], _libvirt_message(exc)))
+    return {"format": "elf", "notes": ["ELF core file (memory only, with the guest's physical memory map), written by "
+                                       "libvirt; libvirt and QEMU pause the guest for the whole dump."]}
+
+
+def migration_timeout(ram):
+    return max(MIGRATION_TIMEOUT_MIN, MIGRATION_SECONDS_PER_GIB * ram / 1024.0 / MIB)
+
+
+def take_background_snapshot(journal, dom, vm, p):
+    """sysctl and capability on (journaled), snapshot into a file, both back, then RAM extracted."""
+    status = migration_status(dom)
+    if status in _ACTIVE_MIGRATION:
+        raise MemoryAcquisitionError("A migration of VM %s is already %s; a background snapshot cannot start now."
+                                     % (vm["name"], status))
+    cap = capability_state(dom)
+    if cap is None:
+        raise MemoryAcquisitionError("This QEMU has no %s migration capability (QEMU 6.0 or later is needed)." % CAPABILITY)
+    changes = []
+    undos = []
+    try:
+        if vm["qemu_uid"] and read_sysctl(UFFD_SYSCTL) == "0":
+            undos.append(_change_sysctl(journal, "1", changes))
+        if not cap:
+            undos.append(_change_capability(journal, dom, vm, p["uri"], changes))
+        stream_change, downtime = _snapshot_to(journal, dom, vm, p["stream"])
+    except BaseException:
+        restore(journal, undos)  # best effort: the error in flight is the one to report
+        raise
+    failed = restore(journal, undos)
+    if failed:
+        raise MemoryAcquisitionError("The background snapshot of VM %s was taken, but %s; the journal keeps the change, "
+                                     "run teardown for the case." % (vm["name"], "; ".join(failed)))
+    stats = _extract(journal, p, stream_change)
+    stats["qemu_downtime_ms"] = downtime
+    changes.append("migration stream %s written by QEMU, removed after its RAM was extracted" % p["stream"])
+    notes = [TAINT_NOTE, "A consistent image of the instant the snapshot began: QEMU write-protects guest RAM "
+             "(userfaultfd) and saves each page before the guest may change it."]
+    if vm["ram"] >= linear_ram_limit(vm["machine"]):
+        notes.append("The raw image is QEMU's pc.ram block: above the PCI hole split it continues at guest-physical 4 GiB.")
+    return {"notes": notes, "host_changes": changes, "stream": stats}
+
+
+def _snapshot_to(journal, dom, vm, stream):
+    """Hand QEMU an fd of a new file (journaled), migrate into it, wait; returns the file's journal id
+    and the pause QEMU measured itself (ms).
+
+    A file, not a pipe: if this process dies mid-snapshot, QEMU still completes it. With a pipe
+    QEMU 7.2 gets EPIPE and its failure path leaves guest RAM write-protected: a vCPU that
+    faults while holding the global lock wedges the VM (seen on the lab).
+    """
+    fd = create_journaled_file(journal, stream, "the migration stream")
+    try:
+        qmp(dom, "getfd", {"fdname": FD_NAME}, files=[fd])
+    finally:
+        os.close(fd)
+    change = journal.find("file.created", path=stream)[0]["id"]
+    try:
+        qmp(dom, "migrate", {"uri": "fd:%s" % FD_NAME})
+    except VmcollectError:
+        _close_fd_quietly(dom)
+        raise
+    status = _wait_migration(dom, vm)
+    if status.get("status") != "completed":
+        raise MemoryAcquisitionError("QEMU's background snapshot of VM %s ended %s: %s." % (
+            vm["name"], status.get("status"), status.get("error-desc", "no reason given")))
+    return change, status.get("downtime")
+
+
+def _extract(journal, p, stream_change):
+    """RAM from the stream file into the partial image (sparse), then the stream file goes."""
+    out_fd = create_journaled_file(journal, p["partial"])
+    try:
+        with io.open(p["stream"], "rb", buffering=STREAM_BUFFER) as stream:
+            stats = extract_ram(stream, out_fd, name="the migration stream %s" % p["stream"])
+        os.fsync(out_fd)
+    finally:
+        os.close(out_fd)
+    os.unlink(p["stream"])
+    journal.mark_undone(stream_change, "removed %s after extracting its RAM" % p["stream"])
+    return stats
+
+
+def restore(journal, undos):
+    """Undo the host changes of an acquisition, newest first, right after it; each one undone is
+    marked so in the journal, one that fails stays there for teardown. Returns the failures."""
+    failed = []
+    for change, undo in reversed(undos):
+        try:
+            result = undo()
+        except (VmcollectError, OSError) as exc:
+            failed.append("undoing it failed (%s)" % getattr(exc, "message", exc))
+            continue
+        journal.mark_undone(change, result)
+    return failed
+
+
+def _change_sysctl(journal, value, changes):
+    original = read_sysctl(UFFD_SYSCTL)
+    change = journal.record_change("sysctl", {"name": UFFD_SYSCTL, "original": original},
+                                   "set %s from %s to %s for a background snapshot" % (UFFD_SYSCTL, original, value),
+                                   module="pmemsave")
+    write_sysctl(UFFD_SYSCTL, value)
+    journal.mark_applied(change)
+    changes.append("%s set from %s to %s, then back to %s" % (UFFD_SYSCTL, original, value, original))
+
+    def undo():
+        write_sysctl(UFFD_SYSCTL, original)
+        return "set %s back to %s" % (UFFD_SYSCTL, original)
+
+    return change, undo
+
+
+def _change_capability(journal, dom, vm, uri, changes):
+    undo_rec = {"uri": uri, "uuid": vm["uuid"], "name": vm["name"], "capability": CAPABILITY, "original": False,
+                "fdname": FD_NAME}
+    change = journal.record_change(ACTION_CAPABILITY, undo_rec, "turn on the migration capability %s of VM %s (%s)"
+                                   % (CAPABILITY, vm["name"], vm["uuid"]), module="pmemsave")
+    set_capability(dom, True)
+    journal.mark_applied(change)
+    changes.append("migration capability %s of VM %s turned on, then off" % (CAPABILITY, vm["name"]))
+
+    def undo():
+        set_capability(dom, False)
+        return "turned the migration capability %s of VM %s off" % (CAPABILITY, vm["name"])
+
+    return change, undo
+
+
+def _close_fd_quietly(dom):
+    try:
+        qmp(dom, "closefd", {"fdname": FD_NAME})
+    except VmcollectError:
+        pass
+
+
+def _wait_migration(dom, vm):
+    timeout = migration_timeout(vm["ram"])
+    deadline = time.monotonic() + timeout
+    while True:
+        status = qmp(dom, "query-migrate") or {}
+        if status.get("status") not in _ACTIVE_MIGRATION:
+            return status
+        if time.monotonic() > deadline:
+            _cancel_migration(dom)
+            raise MemoryAcquisitionError("QEMU's background snapshot of VM %s did not complete within %d s; it was "
+                                         "cancelled." % (vm["name"], timeout))
+        time.sleep(MIGRATION_POLL)
+
+
+_TAKERS = {"pmemsave": take_pmemsave, "pmemsave_paused": take_pmemsave_paused, "core_dump": take_core_dump,
+           "background_snapshot": take_background_snapshot}
+
+
+# ------------------------------------------------------------------------ entry point
+
+def check_options(method, fmt, algorithms):
+    if method not in METHODS:
+        raise InvalidInputError("The method %r is not one of %s." % (method, ", ".join(METHODS)))
+    if fmt not in FORMATS:
+        raise InvalidInputError("The format %r is not one of %s." % (fmt, ", ".join(FORMATS)))
+    return normalize_algorithms(algorithms)
+
+
+def acquire(journal, uri, dest, method, name=None, uuid=None, algorithms=("sha256",), fmt="raw", force=False,
+            check_mode=False):
+    """Acquire the RAM of the VM into ``dest`` by ``method``; see the pmemsave module's RETURN."""
+    algorithms = check_options(method, fmt, algorithms)
+    start_event_loop()
+    with connect(uri) as conn:
+        dom = find_domain(conn, name=name, uuid=uuid)
+        vm = vm_facts(dom)
+        p = plan(vm, dest, method, journal, force)
+        p["uri"] = uri
+        if check_mode:
+            return dict(_plan_result(p), changed=True)
+        watch = PauseWatch(conn, dom)
+        try:
+            started, t0 = utc_now(), time.monotonic()
+            out = _TAKERS[method](journal, dom, vm, p)
+            acquired = time.monotonic() - t0
+            watch.wait_unpaused()
+            pauses = watch.pauses()
+        finally:
+            watch.close()
+    seal(p["partial"])
+    hashed = hash_path(p["partial"], algorithms)
+    publish(p["partial"], p["dest"])
+    result = _plan_result(p)
+    result.update(changed=True, size=hashed["size"], digests=hashed["digests"], format=out.get("format", fmt),
+                  pause_ms=round(sum(pauses), 1), pauses_ms=pauses, acquire_seconds=round(acquired, 3),
+                  wall_seconds=round(time.monotonic() - t0, 3), hash_seconds=hashed["seconds"], notes=out["notes"],
+                  host_changes=_done_changes(p, out), started=started, finished=utc_now())
+    if "stream" in out:
+        result["stream"] = out["stream"]
+    return result
+
+
+def _plan_result(p):
+    return {"vm": p["vm"], "method": p["method"], "dest": p["dest"], "size": p["size"], "free_bytes": p["free_bytes"],
+            "needed_bytes": p["needed_bytes"], "host_changes": p["host_changes"], "smeared": p["smeared"]}
+
+
+def _done_changes(p, out):
+    done = ["created %s, renamed to %s when complete" % (p["partial"], p["dest"])]
+    if p["method"] == "pmemsave_paused" and any("pause VM" in c for c in p["host_changes"]):
+        done.append("VM %s paused for the copy and resumed" % p["vm"]["name"])
+    return done + out.get("host_changes", [])
+
+
+# ------------------------------------------------------------------------ undo (teardown)
+
+@undo_handler(ACTION_SUSPEND)
+def undo_suspend(undo, check_mode):
+    """Resume a VM that a memory copy paused, if it is still paused (a kill -9 mid-copy)."""
+    with connect(undo["uri"]) as conn:
+        try:
+            dom = find_domain(conn, uuid=undo["uuid"])
+        except DomainNotFoundError:
+            return "VM %s (%s) is gone; nothing to resume" % (undo["name"], undo["uuid"])
+        state, reason = dom.state(0)
+        if state != libvirt.VIR_DOMAIN_PAUSED or reason != libvirt.VIR_DOMAIN_PAUSED_USER:
+            return "VM %s is %s; nothing to resume" % (undo["name"], " ".join(power_state(state, reason)))
+        if check_mode:
+            return "would resume VM %s" % undo["name"]
+        dom.resume()
+        return "resumed VM %s" % undo["name"]
+
+
+@undo_handler(ACTION_CAPABILITY)
+def undo_capability(undo, check_mode):
+    """Turn a migration capability back off (cancelling a snapshot still running after a crash)."""
+    with connect(undo["uri"]) as conn:
+        try:
+            dom = find_domain(conn, uuid=undo["uuid"])
+        except DomainNotFoundError:
+            return "VM %s (%s) is gone, and its capability with it" % (undo["name"], undo["uuid"])
+        if not dom.isActive():
+            return "VM %s is not running; its QEMU and the capability are gone" % undo["name"]
+        if capability_state(dom, undo["capability"]) == undo["original"]:
+            return "migration capability %s of VM %s is off as found" % (undo["capability"], undo["name"])
+        if check_mode:
+            return "would turn the migration capability %s of VM %s off" % (undo["capability"], undo["name"])
+        _cancel_migration(dom)
+        _close_fd_quietly(dom)
+        set_capability(dom, undo["original"], undo["capability"])
+        return "turned the migration capability %s of VM %s off" % (undo["capability"], undo["name"])
+
+
+def _cancel_migration(dom, timeout=30.0):
+    if migration_status(dom) not in _ACTIVE_MIGRATION:
+        return
+    qmp(dom, "migrate_cancel")
+    deadline = time.monotonic() + timeout
+    while migration_status(dom) in _ACTIVE_MIGRATION:
+        if time.monotonic() > deadline:
+            raise MemoryAcquisitionError("A background snapshot still runs %d s after it was cancelled." % timeout)
+        time.sleep(MIGRATION_POLL)
