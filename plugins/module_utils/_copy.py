@@ -38,6 +38,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     InvalidInputError,
     VmcollectError,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir, write_atomic
 from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import (
     DEFAULT_BLOCK_SIZE,
     SUPPORTED_ALGORITHMS,
@@ -84,33 +85,6 @@ def normalize_expected_digests(expected):
         alg, value = normalize_digest(digest, algorithm)
         result[alg] = value
     return result
-
-
-def fsync_dir(path):
-    """Make a folder's entries (a new or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path, data, durable):
-    """Replace ``path`` with ``data`` as JSON: temporary file, (fsync), rename, (fsync folder)."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        os.write(fd, (json.dumps(data, sort_keys=True) + "\n").encode("utf-8"))
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    if durable:
-        fsync_dir(os.path.dirname(path))
 
 
 def read_sidecar(path):
@@ -189,7 +163,7 @@ class ProgressFile(object):
             "updated": round(time.time(), 3),
         }
         try:
-            _write_json_atomic(self.path, state, durable=False)
+            write_atomic(self.path, json.dumps(state, sort_keys=True) + "\n", durable=False)
         except (IOError, OSError):
             pass
 
@@ -552,7 +526,7 @@ def _copy(fd, st, src, dest, partial, sidecar_path, folder, algorithms, want, bl
     def checkpoint(upto):
         state["copied_upto"] = upto
         try:
-            _write_json_atomic(sidecar_path, state, durable=True)
+            write_atomic(sidecar_path, json.dumps(state, sort_keys=True) + "\n")
         except OSError as exc:
             raise _write_error(sidecar_path, exc, None)
 

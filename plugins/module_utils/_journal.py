@@ -33,6 +33,7 @@ import socket
 import uuid
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir
 
 DEFAULT_JOURNAL_DIR = "/var/lib/dfir-vmcollect/journal"
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -63,14 +64,6 @@ def check_case_id(case_id):
     return case_id
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _makedirs_recorded(path):
     """Create ``path`` and missing parents (mode 0700); return the folders created, outermost first."""
     missing = []
@@ -90,7 +83,7 @@ def _makedirs_recorded(path):
                 raise
             continue
         created.append(folder)
-        _fsync_dir(os.path.dirname(folder))
+        fsync_dir(os.path.dirname(folder))
     return created
 
 
@@ -168,7 +161,7 @@ class Journal(object):
         finally:
             os.close(fd)
         if not size:
-            _fsync_dir(self.case_dir)
+            fsync_dir(self.case_dir)
         return record
 
     def _next_seq(self):
@@ -230,7 +223,7 @@ class Journal(object):
             if r.get("kind") == "journal":
                 created = r.get("created_dirs", [])
         os.unlink(self.path)
-        _fsync_dir(self.case_dir)
+        fsync_dir(self.case_dir)
         for folder in sorted(created, key=len, reverse=True):
             try:
                 os.rmdir(folder)

@@ -57,6 +57,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     MemoryAcquisitionError,
     VmcollectError,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir
 from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import absolute, hash_path, normalize_algorithms
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
@@ -421,14 +422,6 @@ def create_journaled_file(journal, partial, what="the partial memory image", own
     return fd
 
 
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def seal(partial):
     """fsync the written image and make it the module user's, mode 0640 (QEMU may have owned it)."""
     fd = os.open(partial, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -443,7 +436,7 @@ def seal(partial):
 
 def publish(partial, dest):
     os.rename(partial, dest)
-    _fsync_dir(os.path.dirname(dest))
+    fsync_dir(os.path.dirname(dest))
 
 
 # ------------------------------------------------------------------------ the methods

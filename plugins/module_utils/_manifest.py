@@ -25,6 +25,7 @@ import os
 import socket
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, ManifestError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import write_atomic
 from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import absolute
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import check_case_id, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._version import COLLECTION, VERSION
@@ -57,20 +58,6 @@ def load(case_dir):
     if data.get("format") != FORMAT:
         raise ManifestError("%s is not a %s manifest (format %r)." % (path, COLLECTION, data.get("format")))
     return data
-
-
-def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sums_text(artifacts):
@@ -124,8 +111,8 @@ def update(case_dir, case_id, examiner=None, description=None, artifacts=None, t
         new["case"]["updated"] = utc_now()
         new["case"]["updated_on_host"] = socket.gethostname()
         if not check_mode:
-            _write_atomic(paths["manifest"], json.dumps(new, indent=2, sort_keys=True) + "\n")
-            _write_atomic(paths["sha256sums"], sums_text(new["artifacts"]))
+            write_atomic(paths["manifest"], json.dumps(new, indent=2, sort_keys=True) + "\n")
+            write_atomic(paths["sha256sums"], sums_text(new["artifacts"]))
     return {"changed": changed, "manifest": new, "paths": paths}
 
 

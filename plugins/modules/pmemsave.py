@@ -32,26 +32,6 @@ requirements:
   - libvirt 8.2 or later for O(method=background_snapshot) (a file descriptor passed to QEMU's monitor)
   - QEMU 6.0 or later for O(method=background_snapshot); the raw image is extracted from a QEMU 7.2 migration stream
 options:
-  name:
-    description: Name of the domain.
-    type: str
-  uuid:
-    description: UUID of the domain.
-    type: str
-  uri:
-    description: libvirt connection URI on the KVM host.
-    type: str
-    default: qemu:///system
-  case_id:
-    description:
-      - Case identifier; names the undo journal.
-      - Letters, digits, V(.), V(_) and V(-).
-    type: str
-    required: true
-  journal_dir:
-    description: Folder of the undo journals on the host (created if missing, removed by teardown if it created it).
-    type: path
-    default: /var/lib/dfir-vmcollect/journal
   dest:
     description:
       - Absolute path of the memory image to write on the KVM host. Its folder must exist.
@@ -99,6 +79,8 @@ options:
     default: false
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
+  - dfir.vmcollect.kvm_vm
+  - dfir.vmcollect.journal
 attributes:
   check_mode:
     support: full
@@ -235,8 +217,9 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, journal_spec, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import DEFAULT_JOURNAL_DIR, Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
 
 try:
     from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory
@@ -250,21 +233,16 @@ except ImportError:
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            name=dict(type="str"),
-            uuid=dict(type="str"),
-            uri=dict(type="str", default="qemu:///system"),
-            case_id=dict(type="str", required=True),
-            journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
             dest=dict(type="path", required=True),
             method=dict(type="str", required=True, choices=["pmemsave", "pmemsave_paused", "core_dump",
                                                             "background_snapshot"]),
             algorithms=dict(type="list", elements="str", default=["sha256"], choices=["md5", "sha1", "sha256", "sha512"]),
             format=dict(type="str", default="raw", choices=["raw"]),
             force=dict(type="bool", default=False),
+            **dict(kvm_vm_spec(), **journal_spec())
         ),
-        required_one_of=[("name", "uuid")],
-        mutually_exclusive=[("name", "uuid")],
         supports_check_mode=True,
+        **KVM_VM_RULES
     )
     if IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"), exception=LIBVIRT_TRACEBACK)

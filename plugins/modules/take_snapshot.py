@@ -32,26 +32,6 @@ requirements:
   - libvirt-python (python3-libvirt on Debian and Ubuntu) on the KVM host
   - qemu-img on the KVM host (for teardown of a VM that stopped)
 options:
-  name:
-    description: Name of the domain. Names with spaces and quotes are fine.
-    type: str
-  uuid:
-    description: UUID of the domain.
-    type: str
-  uri:
-    description: libvirt connection URI on the KVM host.
-    type: str
-    default: qemu:///system
-  case_id:
-    description:
-      - Case identifier; names the undo journal and the overlays.
-      - Letters, digits, V(.), V(_) and V(-).
-    type: str
-    required: true
-  journal_dir:
-    description: Folder of the undo journals on the host (created if missing, removed by teardown if it created it).
-    type: path
-    default: /var/lib/dfir-vmcollect/journal
   overlay_dir:
     description:
       - Folder for the overlays that take the guest's writes during the acquisition.
@@ -65,6 +45,8 @@ options:
     default: false
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
+  - dfir.vmcollect.kvm_vm
+  - dfir.vmcollect.journal
 attributes:
   check_mode:
     support: full
@@ -157,8 +139,9 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, journal_spec, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import DEFAULT_JOURNAL_DIR, Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
 
 try:
     from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot
@@ -172,17 +155,12 @@ except ImportError:
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            name=dict(type="str"),
-            uuid=dict(type="str"),
-            uri=dict(type="str", default="qemu:///system"),
-            case_id=dict(type="str", required=True),
-            journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
             overlay_dir=dict(type="path"),
             quiesce=dict(type="bool", default=False),
+            **dict(kvm_vm_spec(), **journal_spec())
         ),
-        required_one_of=[("name", "uuid")],
-        mutually_exclusive=[("name", "uuid")],
         supports_check_mode=True,
+        **KVM_VM_RULES
     )
     if IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"), exception=LIBVIRT_TRACEBACK)

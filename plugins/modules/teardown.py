@@ -28,20 +28,13 @@ author:
 requirements:
   - libvirt-python (python3-libvirt on Debian and Ubuntu) when the journal holds KVM changes
 options:
-  case_id:
-    description: The case whose changes to undo.
-    type: str
-    required: true
-  journal_dir:
-    description: Folder of the undo journals on the host.
-    type: path
-    default: /var/lib/dfir-vmcollect/journal
   keep_journal:
     description: Keep the journal file on the host after everything is undone.
     type: bool
     default: false
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
+  - dfir.vmcollect.journal
 attributes:
   check_mode:
     support: full
@@ -99,8 +92,9 @@ journal:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import DEFAULT_JOURNAL_DIR, Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
 
 # Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
 # without it, those records fail to undo with the handler's own message.
@@ -114,9 +108,8 @@ except ImportError:
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            case_id=dict(type="str", required=True),
-            journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
             keep_journal=dict(type="bool", default=False),
+            **journal_spec()
         ),
         supports_check_mode=True,
     )

@@ -35,21 +35,6 @@ requirements:
   - libvirt-python (python3-libvirt on Debian/Ubuntu)
   - qemu-img (qemu-utils on Debian/Ubuntu), for the disks of a VM that is not running
 options:
-  name:
-    description:
-      - Name of the VM (libvirt domain). Spaces and quotes are fine.
-      - Exactly one of O(name) and O(uuid) is required.
-    type: str
-  uuid:
-    description:
-      - UUID of the VM (libvirt domain).
-      - Exactly one of O(name) and O(uuid) is required.
-    type: str
-  uri:
-    description:
-      - libvirt connection URI on the KVM host.
-    type: str
-    default: qemu:///system
   include_xml:
     description:
       - Also return the live and the inactive domain XML as text in RV(vm.xml).
@@ -57,6 +42,7 @@ options:
     default: false
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
+  - dfir.vmcollect.kvm_vm
 attributes:
   check_mode:
     support: full
@@ -502,9 +488,9 @@ vm:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
-    DEFAULT_URI,
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     connect,
@@ -515,19 +501,16 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
 
 def argument_spec():
     return dict(
-        name=dict(type="str"),
-        uuid=dict(type="str"),
-        uri=dict(type="str", default=DEFAULT_URI),
         include_xml=dict(type="bool", default=False),
+        **kvm_vm_spec()
     )
 
 
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
-        mutually_exclusive=[("name", "uuid")],
-        required_one_of=[("name", "uuid")],
         supports_check_mode=True,
+        **KVM_VM_RULES
     )
     if not HAS_LIBVIRT:
         module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)

@@ -1,0 +1,27 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    """The case and undo journal options of every module that changes a host (module_utils._argspec.journal_spec)."""
+
+    DOCUMENTATION = r"""
+options:
+  case_id:
+    description:
+      - Case identifier; names the undo journal on the host (and files the module creates).
+      - Letters, digits, V(.), V(_) and V(-), at most 128, starting with a letter or digit.
+    type: str
+    required: true
+  journal_dir:
+    description:
+      - Folder of the undo journals on the host. Created if missing; M(dfir.vmcollect.teardown) removes
+        what it created once every change is undone.
+    type: path
+    default: /var/lib/dfir-vmcollect/journal
+"""

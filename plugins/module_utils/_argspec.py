@@ -1,0 +1,31 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Argument specs shared by modules (documented by the doc fragments of the same names)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import DEFAULT_JOURNAL_DIR
+from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import DEFAULT_URI
+
+# AnsibleModule keyword arguments that go with kvm_vm_spec()
+KVM_VM_RULES = {"required_one_of": [("name", "uuid")], "mutually_exclusive": [("name", "uuid")]}
+
+
+def kvm_vm_spec():
+    """name / uuid / uri: one libvirt domain on the KVM host (doc fragment dfir.vmcollect.kvm_vm)."""
+    return dict(
+        name=dict(type="str"),
+        uuid=dict(type="str"),
+        uri=dict(type="str", default=DEFAULT_URI),
+    )
+
+
+def journal_spec():
+    """case_id / journal_dir: the case's undo journal on the host (doc fragment dfir.vmcollect.journal)."""
+    return dict(
+        case_id=dict(type="str", required=True),
+        journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
+    )

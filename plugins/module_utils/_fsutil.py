@@ -1,0 +1,41 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Durable file-system writes shared by every module: fsync of a folder, atomic replacement of a file."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+
+def fsync_dir(path):
+    """Make a folder's entries (a new, renamed or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, text, durable=True, mode=0o644):
+    """Replace ``path`` with ``text``: temporary file beside it, (fsync), rename, (fsync of the folder).
+
+    A reader sees the old content or the new, never a mix; with ``durable`` the new content
+    survives a crash once this returns.
+    """
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    if durable:
+        fsync_dir(os.path.dirname(path))
