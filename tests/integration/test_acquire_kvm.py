@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ansible_env
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 PLAYBOOK = os.path.join(ROOT, "playbooks", "acquire_kvm.yml")
@@ -149,3 +149,61 @@ def test_too_small_destination_is_refused_before_anything_changes(acquisition, l
         assert not os.path.exists(os.path.join(acquisition["journal"], "case-e2e-small"))
     finally:
         _ssh(lab, "umount '%s'; rmdir '%s'" % (small, small))
+
+
+def test_different_evidence_in_the_case_is_refused(acquisition, ansible_playbook):
+    """A case folder whose evidence no longer matches its manifest fails clearly and is not overwritten."""
+    case_dir = acquisition["case_dir"]
+    manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
+    victim = sorted(p for p, a in manifest["artifacts"].items() if a["kind"] == "disk")[0]
+    path = os.path.join(case_dir, victim)
+    with open(path, "r+b") as f:
+        original = f.read(16)
+        f.seek(0)
+        f.write(b"TAMPERED-EVIDENC")
+    try:
+        result = ansible_playbook(PLAYBOOK, *acquisition["args"])
+        assert result.returncode != 0
+        assert "Hash mismatch" in result.stdout and victim in result.stdout
+        with open(path, "rb") as f:
+            assert f.read(16) == b"TAMPERED-EVIDENC"  # left as found, for the examiner to look at
+    finally:
+        with open(path, "r+b") as f:
+            f.write(original)
+
+
+def test_kill_9_of_the_playbook_then_teardown_playbook_restores_the_host(acquisition, lab):
+    """ansible-playbook killed right after the disks were frozen; playbooks/teardown.yml puts everything back."""
+    guest = lab["guest"]
+    args = list(acquisition["args"])
+    args[args.index("kvm_acquire_case_id=case-e2e-1")] = "kvm_acquire_case_id=case-e2e-kill"
+    journal_file = os.path.join(acquisition["journal"], "case-e2e-kill", "vmc-kvm.jsonl")
+    proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
+                            env=ansible_env(lab), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until the freeze is applied, then kill the whole run
+            if os.path.exists(journal_file) and '"kind": "applied"' in open(journal_file).read():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the disks were never frozen")
+        os.killpg(proc.pid, 9)
+    finally:
+        proc.wait()
+    assert ".vmcollect-case-e2e-kill" in _out(VIRSH + ["domblklist", guest["name"]])  # really left frozen
+
+    teardown = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"),
+                               os.path.join(ROOT, "playbooks", "teardown.yml"), "-e", "vmcollect_hosts=kvm_hosts",
+                               "-e", "vmcollect_case_id=case-e2e-kill", "-e", "vmcollect_journal_dir=" + acquisition["journal"]],
+                              env=ansible_env(lab), cwd=ROOT, check=False, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+    assert teardown.returncode == 0, teardown.stdout[-4000:]
+    assert _out(VIRSH + ["dumpxml", "--inactive", guest["name"]]) == acquisition["xml_before"]
+    assert _out(VIRSH + ["domblklist", guest["name"]]) == acquisition["live_disks_before"]
+    assert not os.path.exists(journal_file)
+    leftovers = [f for f in os.listdir(os.path.dirname(guest["disks"][0]["path"])) if ".vmcollect-" in f]
+    assert leftovers == []
+    with open("/proc/sys/vm/unprivileged_userfaultfd") as f:
+        assert f.read().strip() == acquisition["uffd_before"]
