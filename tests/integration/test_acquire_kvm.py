@@ -8,6 +8,7 @@ definition is byte-identical afterwards, a second run changes nothing, check mod
 nothing, and a destination that is too small is refused before anything changes.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -207,3 +208,76 @@ def test_kill_9_of_the_playbook_then_teardown_playbook_restores_the_host(acquisi
     assert leftovers == []
     with open("/proc/sys/vm/unprivileged_userfaultfd") as f:
         assert f.read().strip() == acquisition["uffd_before"]
+
+
+def test_libvirtd_restarted_mid_run(acquisition, lab):
+    """libvirtd restarts while the disks are frozen: the run goes on, teardown merges the overlays back through
+    the new libvirtd, and the evidence verifies."""
+    guest = lab["guest"]
+    args = list(acquisition["args"])
+    args[args.index("kvm_acquire_case_id=case-e2e-1")] = "kvm_acquire_case_id=case-e2e-lvd"
+    args[args.index("kvm_acquire_memory_method=background_snapshot")] = "kvm_acquire_memory_method=none"
+    journal_file = os.path.join(acquisition["journal"], "case-e2e-lvd", "vmc-kvm.jsonl")
+    with open(os.path.join(lab["lab_dir"], "run", "lab-libvirtd.pid")) as f:
+        old_pid = f.read().strip()
+    proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
+                            env=ansible_env(lab), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if os.path.exists(journal_file) and '"kind": "applied"' in open(journal_file).read():
+            break
+        time.sleep(0.05)
+    frozen_at_restart = ".vmcollect-case-e2e-lvd" in _out(VIRSH + ["domblklist", guest["name"]])
+    restart = subprocess.run(["bash", os.path.join(ROOT, "lab", "restart-libvirtd.sh")], check=False,
+                             env=dict(os.environ, LAB_DIR=lab["lab_dir"]), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, universal_newlines=True)
+    out, dummy = proc.communicate(timeout=600)
+    assert restart.returncode == 0, restart.stdout
+    assert frozen_at_restart, "libvirtd was not restarted while the disks were frozen"
+    with open(os.path.join(lab["lab_dir"], "run", "lab-libvirtd.pid")) as f:
+        assert f.read().strip() != old_pid
+    assert proc.returncode == 0, out[-5000:]
+    assert _out(VIRSH + ["dumpxml", "--inactive", guest["name"]]) == acquisition["xml_before"]
+    assert _out(VIRSH + ["domblklist", guest["name"]]) == acquisition["live_disks_before"]
+    assert not os.path.exists(journal_file)
+    case_dir = os.path.join(acquisition["evidence"], "case-e2e-lvd")
+    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
+
+
+def test_shut_off_vm_with_spaces_and_quotes_disk_only(acquisition, lab, ansible_playbook, tmp_path):
+    """A VM that is not running: its disks are acquired as they are, no RAM, recorded; nothing on the host changes."""
+    name = 'vmc-e2e off "Windows XP" it\'s'
+    folder = os.path.join(lab["work_dir"], "e2e-off")
+    os.makedirs(folder, exist_ok=True)
+    disk = os.path.join(folder, "disk one.qcow2")
+    subprocess.run(["cp", "--sparse=always", lab["guest"]["disks"][0]["pristine"], disk], check=True)
+    xml = str(tmp_path / "off.xml")
+    with open(xml, "w") as f:
+        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name.replace("'", "&apos;").replace('"', "&quot;"), disk))
+    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    try:
+        xml_before = _out(VIRSH + ["dumpxml", "--inactive", name])
+        with open(disk, "rb") as f:
+            disk_sha = hashlib.sha256(f.read()).hexdigest()
+        args = list(acquisition["args"])
+        args[args.index("kvm_acquire_case_id=case-e2e-1")] = "kvm_acquire_case_id=case-e2e-off"
+        args[args.index(json.dumps({"kvm_acquire_vms": [lab["guest"]["name"]]}))] = json.dumps({"kvm_acquire_vms": [name]})
+        result = ansible_playbook(PLAYBOOK, *args)
+        assert result.returncode == 0, result.stdout[-5000:]
+        assert "none (the VM is not running)" in result.stdout
+        assert _out(VIRSH + ["domstate", name]).strip() == "shut off"
+        assert _out(VIRSH + ["dumpxml", "--inactive", name]) == xml_before
+        case_dir = os.path.join(acquisition["evidence"], "case-e2e-off")
+        manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
+        kinds = sorted(a["kind"] for a in manifest["artifacts"].values())
+        assert kinds == ["disk"]
+        [art] = manifest["artifacts"].values()
+        assert art["vm"] == name and art["digests"]["sha256"] == disk_sha and "shut off" in art["method"]
+        subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(VIRSH + ["undefine", name], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["rm", "-rf", folder], check=False)
