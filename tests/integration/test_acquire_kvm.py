@@ -121,6 +121,11 @@ def test_evidence_verifies_and_equals_the_disks(acquisition, lab):
     assert memory[0]["pause_ms"] is not None
     with open(os.path.join(case_dir, memory[0]["path"]), "rb") as f:
         assert lab["guest"]["marker"].encode() in f.read()
+    # Volatility 3 reads the raw image: its banners plugin (no symbol tables needed) finds the guest's kernel
+    vol = subprocess.run([os.path.join(ROOT, ".venv", "bin", "vol"), "-q", "-f", os.path.join(case_dir, memory[0]["path"]),
+                          "banners.Banners"], check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True, timeout=600)
+    assert vol.returncode == 0 and "Linux version" in vol.stdout, vol.stdout[-2000:]
     assert manifest["case"]["examiner"] == "CI examiner"
     assert manifest["tools"]["dfir.vmcollect"] and manifest["tools"]["libvirt"]
     kinds = [e.get("kind") for e in manifest["events"]]
