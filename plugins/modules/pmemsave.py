@@ -219,6 +219,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, journal_spec, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import SUPPORTED_ALGORITHMS
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
 
 try:
@@ -236,7 +237,7 @@ def main():
             dest=dict(type="path", required=True),
             method=dict(type="str", required=True, choices=["pmemsave", "pmemsave_paused", "core_dump",
                                                             "background_snapshot"]),
-            algorithms=dict(type="list", elements="str", default=["sha256"], choices=["md5", "sha1", "sha256", "sha512"]),
+            algorithms=dict(type="list", elements="str", default=["sha256"], choices=list(SUPPORTED_ALGORITHMS)),
             format=dict(type="str", default="raw", choices=["raw"]),
             force=dict(type="bool", default=False),
             **dict(kvm_vm_spec(), **journal_spec())

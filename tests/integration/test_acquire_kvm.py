@@ -57,6 +57,7 @@ def acquisition(lab, ansible_playbook, tmp_path_factory):
     with open("/proc/sys/vm/unprivileged_userfaultfd") as f:
         uffd_before = f.read().strip()
     live_disks_before = _out(VIRSH + ["domblklist", guest["name"]])
+    live_xml_before = _out(VIRSH + ["dumpxml", guest["name"]])
     subprocess.run(["rm", "-rf", evidence, journal], check=True)
 
     check = ansible_playbook(PLAYBOOK, "--check", *args)
@@ -70,6 +71,7 @@ def acquisition(lab, ansible_playbook, tmp_path_factory):
     second = ansible_playbook(PLAYBOOK, *args)
     return {"case_dir": os.path.join(evidence, case), "journal": journal, "check": check, "first": first,
             "second": second, "xml_before": xml_before, "live_disks_before": live_disks_before,
+            "live_xml_before": live_xml_before,
             "beats": (beats_before, beats_after), "args": args, "evidence": evidence, "uffd_before": uffd_before,
             "after_check": after_check}
 
@@ -95,7 +97,7 @@ def test_acquisition_succeeds_and_the_guest_keeps_running(acquisition, lab):
 def test_host_restored_exactly(acquisition, lab):
     guest = lab["guest"]
     assert _out(VIRSH + ["dumpxml", "--inactive", guest["name"]]) == acquisition["xml_before"]
-    assert _out(VIRSH + ["domblklist", guest["name"]]) == acquisition["live_disks_before"]
+    assert _out(VIRSH + ["dumpxml", guest["name"]]) == acquisition["live_xml_before"]
     assert not os.path.exists(acquisition["journal"])
     leftovers = [f for f in os.listdir(os.path.dirname(guest["disks"][0]["path"])) if ".vmcollect-" in f]
     assert leftovers == []
