@@ -2,11 +2,13 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark: evidence_copy's core against cp --sparse=always (with and without sha256sum), in one run.
 
-    python bench/copy_bench.py [--size-gib 8] [--allocated-pct 10] [--rounds 3] [--dir /var/tmp]
+    python bench/copy_bench.py [--size-gib 8] [--allocated-pct 10] [--rounds 3] [--dir /var/tmp] [--format raw|qcow2]
 
 Writes one sparse raw image (``--size-gib`` virtual, ``--allocated-pct`` of it random data
 in 1-16 MiB islands at random offsets, fixed seed), warms the page cache with one read of it,
-then runs each contender ``--rounds`` times interleaved, deleting the copy after each run:
+then runs each contender ``--rounds`` times interleaved, deleting the copy after each run.
+With ``--format qcow2`` the same data is first converted to a thin qcow2 (``qemu-img convert``
+allocates only the data clusters), the usual form of a thin KVM disk, and that file is copied:
 
 * ``cp --sparse=always`` alone (coreutils; no fsync: its data may still be in the page cache)
 * ``cp --sparse=always`` + ``sync`` of the copy (the same durability as evidence_copy)
@@ -76,12 +78,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=os.environ.get("BENCH_DIR", "/var/tmp"))
     ap.add_argument("--keep", action="store_true", help="keep the source image for the next run")
+    ap.add_argument("--format", choices=["raw", "qcow2"], default="raw",
+                    help="qcow2: copy the same data as a thin qcow2 file (converted with qemu-img)")
     args = ap.parse_args()
 
-    src = os.path.join(args.dir, "vmcollect-copy-bench-%dGiB-%dpct.raw" % (args.size_gib, args.allocated_pct))
+    raw = os.path.join(args.dir, "vmcollect-copy-bench-%dGiB-%dpct.raw" % (args.size_gib, args.allocated_pct))
     dest = os.path.join(args.dir, "vmcollect-copy-bench.copy")
-    size = args.size_gib * GIB
-    make_image(src, size, args.allocated_pct)
+    make_image(raw, args.size_gib * GIB, args.allocated_pct)
+    src = raw
+    if args.format == "qcow2":
+        src = raw[:-len(".raw")] + ".qcow2"
+        if not os.path.exists(src):
+            sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, src)
+    size = os.path.getsize(src)  # the file's length: what cp copies and the digests cover
     allocated = os.stat(src).st_blocks * 512
     hash_path(src, ["md5"])  # warm the page cache with the data extents
 
@@ -133,8 +142,8 @@ def main():
     unlink(dest)
 
     med = dict((name, statistics.median(t)) for name, t in times.items())
-    print("source: %s, %d GiB virtual, %d MiB allocated (%.1f%%), %d rounds, %d CPUs, Python %s, %s" % (
-        src, args.size_gib, allocated // MIB, 100.0 * allocated / size, args.rounds, os.cpu_count(),
+    print("source: %s (%s of %d GiB virtual), file %d MiB, %d MiB allocated (%.1f%%), %d rounds, %d CPUs, Python %s, %s" % (
+        src, args.format, args.size_gib, size // MIB, allocated // MIB, 100.0 * allocated / size, args.rounds, os.cpu_count(),
         sys.version.split()[0], sh("cp", "--version").splitlines()[0]))
     print("page cache warm for the source; not dropped between runs")
     print("%-42s %10s %12s %12s" % ("contender", "median s", "virt MiB/s", "data MiB/s"))
@@ -148,7 +157,7 @@ def main():
         ec_no_verify / med["hash_verify sha256 of the source"]))
     print("ratio evidence_copy(copy+hash, no read-back) / cp + sha256sum: %.2fx" % (ec_no_verify / med["cp --sparse=always + sha256sum"]))
     if not args.keep:
-        unlink(src)
+        unlink(raw, src)
 
 
 if __name__ == "__main__":
