@@ -43,13 +43,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
-try:
-    import libvirt
-    import libvirt_qemu
-except ImportError:  # pragma: no cover - reported by the module with missing_required_lib
-    libvirt = None
-    libvirt_qemu = None
-
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     DestinationError,
     DomainNotFoundError,
@@ -60,9 +53,11 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
 from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir
 from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import absolute, hash_path, normalize_algorithms
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler, utc_now
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (  # libvirt*: None without the bindings
     connect,
     find_domain,
+    libvirt,
+    libvirt_qemu,
     parse_domain_xml,
     power_state,
 )

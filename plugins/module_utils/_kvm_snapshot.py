@@ -29,17 +29,13 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 
-try:
-    import libvirt
-except ImportError:  # pragma: no cover - reported by the module with missing_required_lib
-    libvirt = None
-
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DomainNotFoundError, SnapshotError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler, utc_now
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (  # libvirt: None without the bindings
     connect,
     disk_sizes,
     find_domain,
+    libvirt,
     parse_domain_xml,
 )
 

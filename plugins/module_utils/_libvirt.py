@@ -48,11 +48,14 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
 
 try:
     import libvirt
+    # re-exported: QMP passthrough for _kvm_memory (the same package as libvirt)
+    import libvirt_qemu  # noqa: F401 pylint: disable=unused-import
 
     HAS_LIBVIRT = True
     LIBVIRT_IMPORT_ERROR = None
 except ImportError:
     libvirt = None
+    libvirt_qemu = None
     HAS_LIBVIRT = False
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 

@@ -135,21 +135,14 @@ note:
   type: str
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, journal_spec, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
 
-try:
-    from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot
-    IMPORT_ERROR = None if _kvm_snapshot.libvirt is not None else "libvirt"
-    LIBVIRT_TRACEBACK = None
-except ImportError:
-    IMPORT_ERROR = "libvirt"
-    LIBVIRT_TRACEBACK = traceback.format_exc()
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot
+from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR
 
 
 def main():
@@ -162,8 +155,8 @@ def main():
         supports_check_mode=True,
         **KVM_VM_RULES
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"), exception=LIBVIRT_TRACEBACK)
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
     p = module.params
     try:
         journal = Journal(p["case_id"], p["journal_dir"])

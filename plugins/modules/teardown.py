@@ -98,11 +98,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Jou
 
 # Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
 # without it, those records fail to undo with the handler's own message.
-try:
-    from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
-    from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory  # noqa: F401 pylint: disable=unused-import
-except ImportError:
-    pass
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory  # noqa: F401 pylint: disable=unused-import
 
 
 def main():
