@@ -166,6 +166,8 @@ def freeze(journal, uri, name=None, uuid=None, overlay_dir=None, quiesce=False, 
         undo = {"uri": uri, "uuid": vm["uuid"], "name": vm["name"],
                 "disks": [{"target": d["target"], "base": d["path"], "base_format": d.get("format"),
                            "base_type": d["type"], "overlay": d["overlay"]} for d in p["freeze"]],
+                # not needed to undo: the definition as found, for the custody record (the journal's records
+                # end up in the case manifest)
                 "inactive_xml": dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else None}
         change = journal.record_change(ACTION, undo, "freeze the disks of VM %s (%s) with overlays %s"
                                        % (vm["name"], vm["uuid"], ", ".join(d["overlay"] for d in p["freeze"])),
@@ -312,13 +314,10 @@ def undo_freeze(undo, check_mode):
                 done.append(_commit_online(dom, d["target"], d["base"], d["overlay"]))
             else:
                 done.append(_commit_offline(d["overlay"], d["base"]))
-        if not check_mode and not running and dom.isPersistent():
-            if _restore_persistent_sources(conn, dom, undo["disks"]):
-                done.append("persistent definition points at the original images again")
-        if not check_mode and running and dom.isPersistent() and undo.get("inactive_xml"):
-            # libvirt updates the persistent definition on pivot; make sure it did
-            if _restore_persistent_sources(conn, dom, undo["disks"]):
-                done.append("persistent definition corrected to the original images")
+        # A stopped VM's definition still names the overlays; a running one's was updated by libvirt on the
+        # pivot, which this makes sure of. Either way it must name the original images again.
+        if not check_mode and dom.isPersistent() and _restore_persistent_sources(conn, dom, undo["disks"]):
+            done.append("persistent definition points at the original images again")
     for d in undo["disks"]:
         if check_mode or not os.path.exists(d["overlay"]):
             continue
