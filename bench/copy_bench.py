@@ -18,6 +18,8 @@ allocates only the data clusters), the usual form of a thin KVM disk, and that f
 * evidence_copy's core with the read-back (the copy's cached pages are dropped first, so the
   read-back comes from the disk: that part is not a warm-cache number)
 
+Before every run the copy is deleted and ``sync`` runs, untimed: no contender pays for the
+dirty pages the one before it left to write back (``cp`` alone leaves the whole copy dirty).
 The page cache is not dropped between runs (that would be root-wide); every contender reads
 the source from a warm cache and writes into the page cache, so the comparison is of CPU and
 write cost, not of the source disk. It prints medians and ratios; it asserts nothing.
@@ -129,6 +131,7 @@ def main():
     for dummy in range(args.rounds):
         for name, fn in contenders:
             unlink(dest)
+            os.sync()  # untimed: no contender pays for the writeback the one before it left behind
             t0 = time.perf_counter()
             result = fn()
             times[name].append(time.perf_counter() - t0)

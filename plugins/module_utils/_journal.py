@@ -184,13 +184,19 @@ class Journal(object):
         self._append({"kind": "undone", "ref": change_id, "result": result})
 
     # -- teardown -------------------------------------------------------------------------
-    def teardown(self, check_mode=False, remove_when_done=True):
+    def teardown(self, check_mode=False, remove_when_done=True, keep_modules=()):
         """Undo every pending change, newest first. Stops at the first failure (later undos may
         depend on it); a rerun continues where it stopped.
 
-        Returns dict(undone=[...], pending=[...], records=[...], removed=bool).
+        Changes made by a module named in ``keep_modules`` stay in place and in the journal (an
+        attached evidence volume outlives the teardown of each VM acquired onto it); the journal
+        is removed only when nothing is left pending.
+
+        Returns dict(undone=[...], pending=[...], kept=[...], records=[...], removed=bool).
         """
         pending = self.pending()
+        kept = [r for r in pending if r.get("module") in keep_modules]
+        pending = [r for r in pending if r.get("module") not in keep_modules]
         undone = []
         for rec in pending:
             handler = UNDO_HANDLERS.get(rec["action"])
@@ -211,10 +217,10 @@ class Journal(object):
                            "result": result})
         records = self.records()
         removed = False
-        if not check_mode and remove_when_done and self.exists():
+        if not check_mode and remove_when_done and not kept and self.exists():
             removed = self._remove()
         return {"undone": undone, "pending": [] if not check_mode else [r["description"] for r in pending],
-                "records": records, "removed": removed}
+                "kept": [r["description"] for r in kept], "records": records, "removed": removed}
 
     def _remove(self):
         records = self.records()

@@ -32,6 +32,16 @@ options:
     description: Keep the journal file on the host after everything is undone.
     type: bool
     default: false
+  keep_modules:
+    description:
+      - Leave the changes made by these modules in place (and in the journal), and undo the rest.
+      - The KVM acquisition role tears down each VM with O(keep_modules=[iscsi_attach]), so the
+        evidence volume stays attached for the next VM; the volume is detached at the end, and a
+        plain teardown (the recovery playbook) undoes everything.
+      - The journal is removed only when nothing is left in it to undo.
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.journal
@@ -80,6 +90,11 @@ records:
   returned: always
   type: list
   elements: dict
+kept:
+  description: The changes left in place because their module is in O(keep_modules), newest first.
+  returned: always
+  type: list
+  elements: str
 removed:
   description: Whether the journal file was removed from the host.
   returned: always
@@ -100,12 +115,15 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Jou
 # without it, those records fail to undo with the handler's own message.
 from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_target  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             keep_journal=dict(type="bool", default=False),
+            keep_modules=dict(type="list", elements="str", default=[]),
             **journal_spec()
         ),
         supports_check_mode=True,
@@ -113,11 +131,12 @@ def main():
     p = module.params
     try:
         journal = Journal(p["case_id"], p["journal_dir"])
-        result = journal.teardown(check_mode=module.check_mode, remove_when_done=not p["keep_journal"])
+        result = journal.teardown(check_mode=module.check_mode, remove_when_done=not p["keep_journal"],
+                                  keep_modules=tuple(p["keep_modules"]))
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(changed=bool(result["undone"]) or result["removed"], undone=result["undone"],
-                     records=result["records"], removed=result["removed"], journal=journal.path)
+                     kept=result["kept"], records=result["records"], removed=result["removed"], journal=journal.path)
 
 
 if __name__ == "__main__":

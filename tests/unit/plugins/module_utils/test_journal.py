@@ -68,6 +68,19 @@ def test_records_first_then_undone_newest_first_then_removed(journal, tmp_path):
     assert result["removed"] and not os.path.exists(str(tmp_path / "var"))
 
 
+def test_keep_modules_leaves_their_changes_and_the_journal_until_a_full_teardown(journal, tmp_path):
+    journal.record_change("test.append", {"n": 0}, "attach the volume", module="iscsi_attach")
+    journal.record_change("test.append", {"n": 1}, "freeze the disks", module="take_snapshot")
+    first = journal.teardown(keep_modules=("iscsi_attach",))
+    assert CALLS == [1]
+    assert first["kept"] == ["attach the volume"] and not first["removed"] and journal.exists()
+    # the next VM's changes go into the same journal, and a plain teardown undoes everything left
+    journal.record_change("test.append", {"n": 2}, "freeze the next VM", module="take_snapshot")
+    second = journal.teardown()
+    assert CALLS == [1, 2, 0]
+    assert second["kept"] == [] and second["removed"] and not os.path.exists(str(tmp_path / "var"))
+
+
 def test_teardown_is_idempotent_and_keeps_folders_it_did_not_create(tmp_path):
     base = tmp_path / "existing"
     base.mkdir()
