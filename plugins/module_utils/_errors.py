@@ -77,3 +77,11 @@ class MemoryAcquisitionError(VmcollectError):
 
 class MigrationStreamError(VmcollectError):
     """A QEMU migration stream is truncated, malformed, or holds something this reader cannot decode."""
+
+
+class IscsiTargetError(VmcollectError):
+    """An iSCSI target on the collector cannot be set up, changed or removed as asked."""
+
+
+class IscsiAttachError(VmcollectError):
+    """An iSCSI LUN cannot be attached, formatted, mounted or detached on the host."""
