@@ -1,0 +1,125 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: loop_mount
+short_description: Mount a disk image read-only (a read-only loop device) to verify the evidence on it
+version_added: 0.2.0
+description:
+  - Attaches a disk image, such as the LUN backing file on the collector, to a loop device with
+    C(losetup --read-only) and mounts its filesystem read-only without journal recovery (C(noload) for
+    ext3/ext4, C(norecovery) for xfs). The kernel refuses every write to a read-only loop device, so not
+    a byte of the image can change.
+  - Every step is journaled; O(state=absent) or M(dfir.vmcollect.teardown) unmounts, detaches the loop
+    device and removes the folders it created.
+author:
+  - dfir.vmcollect maintainers (@dfir-vmcollect)
+options:
+  image:
+    description: Absolute path of the disk image (a regular file holding a filesystem, no partition table).
+    type: path
+    required: true
+  mountpoint:
+    description: Absolute path of an empty or new folder to mount it on.
+    type: path
+    required: true
+  state:
+    description: C(mounted) mounts the image read-only; C(absent) unmounts it and detaches the loop device.
+    type: str
+    choices: [mounted, absent]
+    default: mounted
+extends_documentation_fragment:
+  - dfir.vmcollect.attributes
+  - dfir.vmcollect.journal
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would be attached and mounted, or unmounted, and changes nothing.
+  diff_mode:
+    support: none
+seealso:
+  - module: dfir.vmcollect.setup_iscsi_target
+  - module: dfir.vmcollect.hash_verify
+"""
+
+EXAMPLES = r"""
+- name: Mount the LUN backing file read-only
+  dfir.vmcollect.loop_mount:
+    case_id: case-42
+    image: /var/lib/dfir-vmcollect/collector/case-42/kvm1.img
+    mountpoint: /var/lib/dfir-vmcollect/verify/case-42/kvm1
+
+- name: Unmount it
+  dfir.vmcollect.loop_mount:
+    case_id: case-42
+    image: /var/lib/dfir-vmcollect/collector/case-42/kvm1.img
+    mountpoint: /var/lib/dfir-vmcollect/verify/case-42/kvm1
+    state: absent
+"""
+
+RETURN = r"""
+image:
+  description: The image.
+  returned: always
+  type: str
+mountpoint:
+  description: Where it is (or was) mounted.
+  returned: always
+  type: str
+device:
+  description: The read-only loop device.
+  returned: state=mounted and not in check mode
+  type: str
+filesystem:
+  description: The filesystem found on the image.
+  returned: when it was mounted by this run
+  type: str
+plan:
+  description: What O(state=mounted) does (or would do, in check mode).
+  returned: state=mounted
+  type: list
+  elements: str
+undone:
+  description: What O(state=absent) undid (or would undo, in check mode), newest first.
+  returned: state=absent
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils import _loop_mount
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            image=dict(type="path", required=True),
+            mountpoint=dict(type="path", required=True),
+            state=dict(type="str", choices=["mounted", "absent"], default="mounted"),
+            **journal_spec()
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        journal = Journal(p["case_id"], p["journal_dir"])
+        action = _loop_mount.mount_readonly if p["state"] == "mounted" else _loop_mount.unmount
+        result = action(journal, journal.case_id, p["image"], p["mountpoint"], check_mode=module.check_mode)
+    except VmcollectError as exc:
+        fail_module(module, exc, changed=False)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
