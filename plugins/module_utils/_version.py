@@ -8,4 +8,4 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 COLLECTION = "dfir.vmcollect"
-VERSION = "0.1.0"
+VERSION = "0.2.0"

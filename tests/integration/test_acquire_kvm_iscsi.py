@@ -1,0 +1,262 @@
+# Copyright: (c) 2026, dfir.vmcollect contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""playbooks/acquire_kvm.yml in iSCSI mode, end to end on the lab: kvm1 acquires onto a LUN of collector1.
+
+The proof the issue asks for: the collector is provisioned, the LUN attached to the KVM host (userspace
+initiator), the RAM image and the disks written onto it and hashed at the source, the LUN detached and
+switched read-only, and the collector re-hashes every artifact from the backing file against the
+manifest. Afterwards both hosts are as found (no target, no tgtd, no firewall table, no daemon, loop
+device or mount, no journal; the domain definition byte-identical), and the backing file, read here
+independently through a read-only loop device, holds evidence that `sha256sum -c` accepts. Also: check
+mode changes nothing; a second run copies nothing again; a LUN too small for the plan is refused before
+anything changes; the storage link cut during a copy gives a clear error, no artifact marked verified,
+and both hosts clean.
+"""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, ansible_env
+
+VIRSH = ["virsh", "-c", "qemu:///system"]
+PLAYBOOK = os.path.join(ROOT, "playbooks", "acquire_kvm.yml")
+TEARDOWN = os.path.join(ROOT, "playbooks", "teardown.yml")
+CASE = "case-iscsi-1"
+
+
+def _out(cmd):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+
+
+def _ssh(lab, host_index, command):
+    host = lab["hosts"][host_index]
+    return subprocess.run(["ssh", "-F", lab["ssh"]["config"], "root@" + host["mgmt_address"], command],
+                          check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+
+
+def _recap(stdout, host):
+    m = re.search(r"^%s\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % host, stdout, re.M)
+    assert m, stdout[-3000:]
+    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
+
+
+def _args(lab, work, case, vms, memory="background_snapshot", extra=()):
+    return ["-e", "vmcollect_transport=iscsi", "-e", "kvm_acquire_case_id=" + case,
+            "-e", json.dumps({"kvm_acquire_examiner": "CI examiner"}), "-e", json.dumps({"kvm_acquire_vms": vms}),
+            "-e", "kvm_acquire_memory_method=" + memory,
+            "-e", "kvm_acquire_journal_dir=%s/journal" % work, "-e", "collector_journal_dir=%s/journal" % work,
+            "-e", "collector_dir=%s/collector" % work, "-e", "collector_verify_dir=%s/verify" % work,
+            "-e", "vmcollect_mount_dir=%s/volume" % work] + list(extra)
+
+
+def _host_traces(lab, work, case):
+    """Everything the collection could leave behind on the two hosts for a case (empty when clean)."""
+    traces = []
+    if os.path.exists(os.path.join(work, "journal", case)):
+        traces.append("journal folder %s" % os.listdir(os.path.join(work, "journal", case)))
+    ps = _out(["ps", "-eo", "pid,args"])
+    for line in ps.splitlines():
+        if ("qemu-storage-daemon" in line and case in line) or re.search(r"tgtd -C 60 ", line):
+            traces.append("process: " + line.strip())
+    ruleset = subprocess.run(["ip", "netns", "exec", lab["hosts"][1]["netns"], "nft", "list", "tables"], check=False,
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout
+    traces += ["nft table on the collector: " + t for t in ruleset.splitlines() if "vmcollect" in t]
+    for i in (0, 1):
+        mounts = _ssh(lab, i, "cat /proc/self/mountinfo").stdout
+        traces += ["mount on host %d: %s" % (i, m) for m in mounts.splitlines() if work in m]
+    loops = _out(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"])
+    traces += ["loop: " + lo for lo in loops.splitlines() if work in lo]
+    return traces
+
+
+def _read_volume(backing, script):
+    """Run ``script`` (bash, $MNT = the volume's root) on a read-only loop mount of a backing file, in a
+    mount namespace of its own, as an examiner would: not a byte of the backing file can change."""
+    wrapped = """set -euo pipefail
+LOOP=$(losetup --read-only --find --show "$1")
+MNT=$(mktemp -d)
+trap 'cd /; umount "$MNT"; losetup -d "$LOOP"; rmdir "$MNT"' EXIT
+mount -o ro,noload "$LOOP" "$MNT"
+%s
+""" % script
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", wrapped, "read_volume", backing],
+                          check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+
+
+@pytest.fixture(scope="module")
+def iscsi(lab, ansible_playbook):
+    guest = lab["guest"]
+    work = os.path.join(lab["work_dir"], "e2e-iscsi")
+    for case in (CASE, "case-iscsi-small", "case-iscsi-cut"):  # what an earlier, interrupted session left
+        ansible_playbook(TEARDOWN, "-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=%s/journal" % work)
+    subprocess.run(["rm", "-rf", work], check=True)
+    os.makedirs(work)
+    args = _args(lab, work, CASE, [guest["name"]])
+    xml_before = _out(VIRSH + ["dumpxml", "--inactive", guest["name"]])
+    live_xml_before = _out(VIRSH + ["dumpxml", guest["name"]])
+
+    check = ansible_playbook(PLAYBOOK, "--check", *args)
+    after_check = {"files": sorted(os.listdir(work)), "traces": _host_traces(lab, work, CASE),
+                   "xml": _out(VIRSH + ["dumpxml", "--inactive", guest["name"]])}
+    t0 = time.monotonic()
+    first = ansible_playbook(PLAYBOOK, *args)
+    seconds = time.monotonic() - t0
+    traces = _host_traces(lab, work, CASE)
+    backing = os.path.join(work, "collector", CASE, "kvm1.img")
+    st = os.stat(backing) if os.path.exists(backing) else None
+    second = ansible_playbook(PLAYBOOK, *args)
+    return {"work": work, "args": args, "check": check, "after_check": after_check, "first": first, "second": second,
+            "seconds": seconds, "traces": traces, "backing": backing, "backing_stat": st,
+            "xml_before": xml_before, "live_xml_before": live_xml_before}
+
+
+def test_check_mode_changes_nothing(iscsi):
+    out = iscsi["check"].stdout
+    assert iscsi["check"].returncode == 0, out[-5000:]
+    assert iscsi["after_check"]["files"] == [] and iscsi["after_check"]["traces"] == []
+    assert iscsi["after_check"]["xml"] == iscsi["xml_before"]
+
+
+def test_acquisition_onto_the_collector_succeeds(iscsi):
+    out = iscsi["first"].stdout
+    assert iscsi["first"].returncode == 0, out[-8000:]
+    assert _recap(out, "kvm1")["failed"] == 0 and _recap(out, "collector1")["failed"] == 0
+    print("start to evidence verified on the collector: %.1f s" % iscsi["seconds"])
+
+
+def test_both_hosts_restored(iscsi, lab):
+    assert iscsi["traces"] == []
+    guest = lab["guest"]
+    assert _out(VIRSH + ["dumpxml", "--inactive", guest["name"]]) == iscsi["xml_before"]
+    assert _out(VIRSH + ["dumpxml", guest["name"]]) == iscsi["live_xml_before"]
+
+
+def test_collector_verified_every_artifact_from_the_backing_file(iscsi):
+    record_path = iscsi["backing"] + ".verified.json"
+    with open(record_path) as f:
+        record = json.load(f)
+    assert record["case_id"] == CASE and record["verified_at"].endswith("Z")
+    st = iscsi["backing_stat"]
+    assert st.st_blocks * 512 < st.st_size  # thin: the LUN's backing file holds only what was written
+    with open(iscsi["backing"], "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == record["volume_digests"]["sha256"]
+    listing = _read_volume(iscsi["backing"], "cd \"$MNT/%s\" && cat manifest.json" % CASE)
+    assert listing.returncode == 0, listing.stdout
+    manifest = json.loads(listing.stdout)
+    assert sorted(record["files"]) == sorted("%s/%s" % (CASE, p) for p in manifest["artifacts"])
+
+
+def test_evidence_on_the_volume_verifies_and_equals_the_disks(iscsi, lab):
+    """Read independently of the collection: sha256sum -c, qemu-img compare with the disks, the RAM marker."""
+    disks = " ".join("'%s'" % d["path"] for d in lab["guest"]["disks"])
+    script = """cd "$MNT/%s"
+sha256sum -c --strict SHA256SUMS
+for d in %s; do
+  copy=$(ls */disks/*-00-"$(basename "$d")")
+  qemu-img compare -U "$d" "$copy"
+done
+grep -c -a '%s' */memory-*.raw
+""" % (CASE, disks, lab["guest"]["marker"])
+    result = _read_volume(iscsi["backing"], script)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count(": OK") >= 3 and "Images are identical." in result.stdout
+
+
+def test_second_run_copies_nothing_again(iscsi):
+    out = iscsi["second"].stdout
+    assert iscsi["second"].returncode == 0, out[-6000:]
+    assert "Copy every frozen image" not in out or "skipping" in out.split("Copy every frozen image")[1][:400]
+    st = os.stat(iscsi["backing"])
+    assert st.st_size == iscsi["backing_stat"].st_size
+
+
+def test_lun_too_small_is_refused_before_anything_changes(iscsi, lab, ansible_playbook):
+    work = iscsi["work"]
+    case = "case-iscsi-small"
+    args = _args(lab, work, case, [lab["guest"]["name"]], extra=["-e", "vmcollect_lun_size=64M"])
+    result = ansible_playbook(PLAYBOOK, *args)
+    assert result.returncode != 0
+    assert "Nothing was changed on any host" in result.stdout, result.stdout[-4000:]
+    assert not os.path.exists(os.path.join(work, "collector", case))
+    assert _host_traces(lab, work, case) == []
+    assert _out(VIRSH + ["dumpxml", "--inactive", lab["guest"]["name"]]) == iscsi["xml_before"]
+
+
+@pytest.fixture
+def slow_vm(lab, tmp_path):
+    """A shut-off VM with a 48 MiB disk of random data, and kvm1's storage link throttled to 24 Mbit/s, so
+    that copying the disk onto the LUN takes long enough to cut the link in the middle."""
+    name = "vmc-e2e-linkcut"
+    folder = os.path.join(lab["work_dir"], "e2e-linkcut")
+    os.makedirs(folder, exist_ok=True)
+    disk = os.path.join(folder, "big.raw")
+    with open(disk, "wb") as f:
+        f.write(os.urandom(48 << 20))
+    xml = str(tmp_path / "linkcut.xml")
+    with open(xml, "w") as f:
+        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, disk))
+    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    ns = ["ip", "netns", "exec", lab["hosts"][0]["netns"]]
+    subprocess.run(ns + ["tc", "qdisc", "replace", "dev", "stor0", "root", "tbf", "rate", "24mbit", "burst", "32kbit",
+                         "latency", "400ms"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(ns + ["ip", "link", "set", "stor0", "up"], check=False)
+        subprocess.run(ns + ["tc", "qdisc", "del", "dev", "stor0", "root"], check=False)
+        subprocess.run(VIRSH + ["undefine", name], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["rm", "-rf", folder], check=False)
+
+
+def test_storage_link_cut_during_a_copy(iscsi, lab, slow_vm):
+    work = iscsi["work"]
+    case = "case-iscsi-cut"
+    ns = ["ip", "netns", "exec", lab["hosts"][0]["netns"]]
+    proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK]
+                            + _args(lab, work, case, [slow_vm], memory="none"),
+                            env=ansible_env(lab), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True)
+    volume = os.path.join(work, "volume", case)
+    cut = False
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            found = _ssh(lab, 0, "find '%s' -name '*.partial' -size +2M 2>/dev/null" % volume).stdout
+            if ".partial" in found:
+                subprocess.run(ns + ["ip", "link", "set", "stor0", "down"], check=True)
+                cut = True
+                break
+            time.sleep(0.2)
+        out, dummy = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(ns + ["ip", "link", "set", "stor0", "up"], check=False)
+    assert cut, "the copy never started, or ended before the link could be cut:\n" + out[-4000:]
+    assert proc.returncode != 0
+    assert re.search(r"Input/output error|timed out|cannot be reached|connection", out, re.I), out[-6000:]
+    # the playbook cleaned up after itself once the link was back; if anything is left, teardown must clean it
+    teardown = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"),
+                               TEARDOWN, "-e", "vmcollect_case_id=" + case,
+                               "-e", "vmcollect_journal_dir=%s/journal" % work],
+                              env=ansible_env(lab), cwd=ROOT, check=False, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+    assert teardown.returncode == 0, teardown.stdout[-4000:]
+    assert _host_traces(lab, work, case) == []
+    # nothing on the volume claims to be verified evidence of the cut copy
+    backing = os.path.join(work, "collector", case, "kvm1.img")
+    assert not os.path.exists(backing + ".verified.json")
+    listing = _read_volume(backing, "cd \"$MNT\" && find . -type f | sort")
+    assert listing.returncode == 0, listing.stdout
+    files = listing.stdout.split()
+    assert not any(f.endswith("big.raw") for f in files), files  # only a .partial, never the final name
+    assert not any(f.endswith("manifest.json") for f in files), files
