@@ -50,6 +50,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import und
 # seconds an iSCSI request may wait for the target (userspace initiator) before it fails with EIO
 DEFAULT_REQUEST_TIMEOUT = 30
 ACTION_DIR = "iscsi.dir_created"
+ACTION_WATCHDOG = "iscsi.watchdog_started"
+WATCHDOG_MARKER = "vmcollect-link-watchdog"
 ACTION_FILE = "file.created"
 ACTION_QSD = "iscsi.qsd_started"
 ACTION_LOOP = "iscsi.loop_attached"
@@ -537,6 +539,128 @@ def _fsync_path(path):
         os.close(fd)
 
 
+# -- the link watchdog --------------------------------------------------------------------------------
+
+# QEMU 7.2's iSCSI driver never fails a request once the TCP connection is gone: libiscsi retries the
+# login forever (measured: qemu-storage-daemon at 100% CPU for 15 minutes, also after the link came back)
+# and every write to the LUN hangs in the kernel (D state) without an error. The watchdog, a small process
+# beside the daemon, watches the daemon's own TCP connection to the portal; when it has been gone for
+# ``timeout`` seconds it writes why into a note file and SIGKILLs the daemon. The kernel then aborts the
+# FUSE connection, so every pending and later write fails with EIO at once: the copy stops with an I/O
+# error instead of hanging, and the detach can proceed. It exits by itself when the daemon exits.
+WATCHDOG_SOURCE = r"""
+import os, signal, sys, time
+marker, export_id, qsd, remote, timeout, note = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6]
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+def connected():
+    inodes = set()
+    try:
+        for fd in os.listdir("/proc/%d/fd" % qsd):
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (qsd, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return False
+    for table in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%d/net/%s" % (qsd, table)) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[2] == remote and cols[3] == "01" and cols[9] in inodes:
+                return True
+    return False
+
+lost = None
+while ("type=fuse,id=%s," % export_id) in cmdline(qsd):
+    now = time.monotonic()
+    if connected():
+        lost = None
+    elif lost is None:
+        lost = now
+    elif now - lost >= timeout:
+        with open(note, "w") as f:
+            f.write("the iSCSI connection of qemu-storage-daemon %d to the portal was lost for %.0f s; the daemon was "
+                    "stopped at %s UTC so that every pending write to the LUN fails instead of hanging\n"
+                    % (qsd, now - lost, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        os.kill(qsd, signal.SIGKILL)
+        break
+    time.sleep(1)
+"""
+
+
+def proc_net_address(address, port):
+    """How /proc/net/tcp{,6} writes a remote address: the raw bytes as native-endian 32-bit words, in hex."""
+    import socket
+    import struct
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    if family == socket.AF_INET:
+        try:
+            address = socket.gethostbyname(address)
+        except socket.error as exc:
+            raise IscsiAttachError("The portal address %s cannot be resolved: %s." % (address, exc))
+    raw = socket.inet_pton(family, address)
+    words = struct.unpack("=%dI" % (len(raw) // 4), raw)
+    return "%s:%04X" % ("".join("%08X" % w for w in words), port)
+
+
+def watchdog_pids(export_id):
+    """Running watchdogs of ``export_id``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            args = _cmdline(int(name))
+            if WATCHDOG_MARKER in args and export_id in args:
+                found.append(int(name))
+    return found
+
+
+def start_watchdog(cfg, qsd_pid, note_file):
+    """Start the link watchdog of ``cfg``'s daemon (detached: it outlives this module); returns its pid."""
+    argv = [_bin("python3"), "-c", WATCHDOG_SOURCE, WATCHDOG_MARKER, cfg["attachment"], str(qsd_pid),
+            proc_net_address(cfg["portal_address"], cfg["portal_port"]), str(cfg["timeout"]), note_file]
+    with open(os.devnull, "r+b") as null:
+        proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, start_new_session=True)
+    return proc.pid
+
+
+@undo_handler(ACTION_WATCHDOG)
+def _undo_watchdog(undo, check_mode):
+    pids = watchdog_pids(undo["export_id"])
+    if not pids:
+        return "the link watchdog of %s was not running" % undo["export_id"]
+    if check_mode:
+        return "would stop the link watchdog %s" % ", ".join(map(str, pids))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+    return "stopped the link watchdog %s" % ", ".join(map(str, pids))
+
+
+def link_lost(cfg):
+    """The watchdog's note when it stopped the daemon of ``cfg`` because the iSCSI link was lost, else None."""
+    try:
+        with open(_userspace_paths(cfg)[2]) as f:
+            return f.read().strip() or None
+    except (IOError, OSError):
+        return None
+
+
 # -- loop device ----------------------------------------------------------------------------------
 
 def attach_loop(export_file):
@@ -818,13 +942,15 @@ def _pending_target(records):
 
 
 def _userspace_paths(cfg):
+    """The FUSE export file, the daemon's pidfile, and the note the link watchdog leaves when it fires."""
     return (os.path.join(cfg["run_dir"], "%s.export" % cfg["attachment"]),
-            os.path.join(cfg["run_dir"], "%s.pid" % cfg["attachment"]))
+            os.path.join(cfg["run_dir"], "%s.pid" % cfg["attachment"]),
+            os.path.join(cfg["run_dir"], "%s.link-lost" % cfg["attachment"]))
 
 
 def _inspect_userspace(cfg):
     """The live state of a userspace attachment: dict(healthy, pid, device, mount)."""
-    export_file, pid_file = _userspace_paths(cfg)
+    export_file, pid_file, dummy = _userspace_paths(cfg)
     pid = find_qsd(cfg["attachment"], pid_file)
     loops = loops_backed_by(export_file)
     m = mount_at(cfg["mountpoint"])
@@ -925,16 +1051,18 @@ def _format_and_mount(journal, cfg, res, device, mount_undo):
 
 
 def _attach_userspace(journal, cfg, res, check_mode):
-    export_file, pid_file = _userspace_paths(cfg)
+    export_file, pid_file, note_file = _userspace_paths(cfg)
     res["export_file"] = export_file
     for prog in ("qemu-storage-daemon", "losetup", "blkid", "wipefs", "mkfs.%s" % cfg["filesystem"], "mount",
-                 "umount", "blockdev", "sync"):
+                 "umount", "blockdev", "sync", "python3"):
         _bin(prog)
     portal = portal_string(cfg["portal_address"], cfg["portal_port"])
     res["plan"] += [
         "start qemu-storage-daemon: log in to %s at %s as %s%s, export LUN %d as %s"
         % (cfg["target_iqn"], portal, cfg["initiator_iqn"], " with CHAP user %s" % cfg["chap_user"] if cfg.get("chap_user") else "",
            cfg["lun"], export_file),
+        "start its link watchdog (stops it after %d s without a connection, so writes fail instead of hanging)"
+        % cfg["timeout"] if cfg["timeout"] else "no link watchdog (timeout=0: a lost link hangs every write)",
         "attach a loop device to the export",
         "make an %s filesystem labelled %s if the LUN is blank (format=%s)"
         % (cfg["filesystem"], cfg["filesystem_label"], cfg["format"]),
@@ -959,6 +1087,16 @@ def _attach_userspace(journal, cfg, res, check_mode):
         pid = start_qsd(cfg, export_file, pid_file)
         journal.mark_applied(rec, pid=pid)
         res["qsd_pid"] = pid
+        if cfg["timeout"]:
+            rec = journal.record_change(ACTION_FILE, {"attachment": cfg["attachment"], "path": note_file},
+                                        "the link watchdog's note %s (written only if it fires)" % note_file,
+                                        module="iscsi_attach")
+            journal.mark_applied(rec)
+            rec = journal.record_change(
+                ACTION_WATCHDOG, {"attachment": cfg["attachment"], "export_id": cfg["attachment"]},
+                "start the link watchdog of qemu-storage-daemon %d (stops it after %d s without a connection to %s)"
+                % (pid, cfg["timeout"], portal), module="iscsi_attach")
+            journal.mark_applied(rec, pid=start_watchdog(cfg, pid, note_file))
         rec = journal.record_change(ACTION_LOOP, {"attachment": cfg["attachment"], "export_file": export_file},
                                     "attach a loop device to %s" % export_file, module="iscsi_attach")
         device = attach_loop(export_file)
@@ -1058,6 +1196,9 @@ def detach(journal, params, check_mode=False):
     if not records:
         res["plan"] = ["nothing of this case is attached at %s" % cfg["mountpoint"]]
         return res
+    lost = link_lost(cfg)  # read before the undo removes the note
     res["undone"] = _undo_records(journal, records, check_mode=check_mode)
     res["plan"] = [u["result"] for u in res["undone"]]
+    if lost:
+        res["link_lost"] = lost
     return res

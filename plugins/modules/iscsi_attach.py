@@ -75,10 +75,15 @@ options:
     default: 1
   timeout:
     description:
-      - Seconds an iSCSI request may wait for the target before it fails with an I/O error
-        (O(initiator=userspace); QEMU's iSCSI C(timeout)). 0 waits forever.
-      - With a timeout, a cut storage link makes the copy fail with a clear error instead of hanging
-        the acquisition; the evidence already written stays on the LUN.
+      - Seconds the iSCSI connection may be lost before the attachment is declared dead
+        (O(initiator=userspace)). 0 waits forever.
+      - QEMU 7.2's iSCSI driver never fails a request once its TCP connection is gone (libiscsi retries the login
+        forever, and every write to the LUN hangs in the kernel). So a link watchdog runs beside
+        C(qemu-storage-daemon), watching the daemon's own connection to the portal. After O(timeout) seconds
+        without it, it stops the daemon. Every pending and later write then fails with an I/O error, so the
+        acquisition stops with an error instead of hanging, and O(state=absent) reports why in RV(link_lost).
+        A shorter outage is ridden out. The evidence already written stays on the LUN.
+      - The same value is QEMU's iSCSI request timeout.
     type: int
     default: 30
   initiator_iqn:
@@ -164,6 +169,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+link_lost:
+  description: With O(state=absent), the link watchdog's note when it stopped the daemon because the iSCSI link was lost.
+  returned: when the watchdog fired
+  type: str
 mountpoint:
   description: Where the LUN's filesystem is mounted.
   returned: always

@@ -390,7 +390,8 @@ def test_userspace_failed_login_takes_everything_back(tmp_path, host, journal, m
 def test_check_mode_changes_nothing(tmp_path, host, journal):
     p = params(tmp_path)
     res = ii.attach(journal, p, check_mode=True)
-    assert res["changed"] and res["formatted"] is None and len(res["plan"]) == 4
+    assert res["changed"] and res["formatted"] is None and len(res["plan"]) == 5
+    assert "link watchdog" in res["plan"][1]
     assert not journal.exists() and not os.path.exists(p["run_dir"])
     assert host.calls == []
 
@@ -503,3 +504,39 @@ def test_parse_sendtargets_and_record_path():
     assert ii.node_record_file("/etc/iscsi/nodes", "iqn.2026-01.a:b", "10.0.0.1:3260", "1", "vmc-x") == \
         "/etc/iscsi/nodes/iqn.2026-01.a:b/10.0.0.1,3260,1/vmc-x"
     assert ii.portal_string("fe80::1", 3260) == "[fe80::1]:3260"
+
+
+# -- the link watchdog (real processes) ----------------------------------------------------------------
+
+def test_proc_net_address_matches_the_kernels_notation():
+    # /proc/net/tcp shows 10.213.1.1:3260 as 0101D50A:0CBC (little-endian words on x86)
+    import sys
+    expected = "0101D50A:0CBC" if sys.byteorder == "little" else "0AD50101:0CBC"
+    assert ii.proc_net_address("10.213.1.1", 3260) == expected
+    assert ii.proc_net_address("::1", 3260).endswith(":0CBC") and len(ii.proc_net_address("::1", 1)) == 37
+
+
+def test_watchdog_kills_a_daemon_without_its_connection_and_says_why(tmp_path, monkeypatch):
+    """A stand-in daemon (the marker in its argv, no TCP connection at all): killed after the timeout."""
+    import subprocess
+    import sys
+    import time
+    export_id = "vmc-wd-test"
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "type=fuse,id=%s,x" % export_id])
+    note = str(tmp_path / "lost")
+    cfg = {"attachment": export_id, "portal_address": "127.0.0.1", "portal_port": 3260, "timeout": 1}
+    monkeypatch.setattr(ii, "_bin", lambda name: sys.executable if name == "python3" else name)
+    wd = ii.start_watchdog(cfg, fake.pid, note)
+    try:
+        assert fake.wait(timeout=10) == -9
+        with open(note) as f:
+            assert "iSCSI connection" in f.read()
+        deadline = time.time() + 5
+        while ii.watchdog_pids(export_id) and time.time() < deadline:
+            time.sleep(0.1)
+        assert ii.watchdog_pids(export_id) == []  # it ends with its daemon
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+        subprocess.run(["pkill", "-f", ii.WATCHDOG_MARKER + " " + export_id], check=False)
+    assert wd > 0
