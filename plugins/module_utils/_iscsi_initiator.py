@@ -142,8 +142,9 @@ def attachment_id(case_id, mountpoint):
     """A short name unique per case and mountpoint, usable as a QEMU id and an open-iscsi iface name."""
     digest = hashlib.sha256(("%s\0%s" % (case_id, os.path.normpath(mountpoint))).encode("utf-8")).hexdigest()
     name = "vmc-%s-%s" % (case_id, digest[:8])
-    if len(name) > 60 or not re.match(r"^[A-Za-z][A-Za-z0-9._-]*$", name):
-        name = "vmc-%s" % digest[:24]
+    # it names QEMU's block node too ("<id>-lun"), and QEMU refuses node names over 31 characters
+    if len(name) > 27 or not re.match(r"^[A-Za-z][A-Za-z0-9._-]*$", name):
+        name = "vmc-%s" % digest[:16]
     return name
 
 
