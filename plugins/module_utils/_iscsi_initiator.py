@@ -41,6 +41,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
@@ -630,7 +631,8 @@ def watchdog_pids(export_id):
 
 def start_watchdog(cfg, qsd_pid, note_file):
     """Start the link watchdog of ``cfg``'s daemon (detached: it outlives this module); returns its pid."""
-    argv = [_bin("python3"), "-c", WATCHDOG_SOURCE, WATCHDOG_MARKER, cfg["attachment"], str(qsd_pid),
+    # the interpreter running this module (the host's pinned python3), not whatever python3 PATH finds first
+    argv = [sys.executable or _bin("python3"), "-c", WATCHDOG_SOURCE, WATCHDOG_MARKER, cfg["attachment"], str(qsd_pid),
             proc_net_address(cfg["portal_address"], cfg["portal_port"]), str(cfg["timeout"]), note_file]
     with open(os.devnull, "r+b") as null:
         proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, start_new_session=True)
@@ -1055,7 +1057,7 @@ def _attach_userspace(journal, cfg, res, check_mode):
     export_file, pid_file, note_file = _userspace_paths(cfg)
     res["export_file"] = export_file
     for prog in ("qemu-storage-daemon", "losetup", "blkid", "wipefs", "mkfs.%s" % cfg["filesystem"], "mount",
-                 "umount", "blockdev", "sync", "python3"):
+                 "umount", "blockdev", "sync"):
         _bin(prog)
     portal = portal_string(cfg["portal_address"], cfg["portal_port"])
     res["plan"] += [

@@ -249,7 +249,15 @@ def _undo_file_created(undo, check_mode):
         return "%s was already gone" % path
     if check_mode:
         return "would remove %s" % path
-    os.unlink(path)
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EIO):
+            raise
+        # a file on a volume that failed (an iSCSI LUN whose link was lost turns its filesystem read-only):
+        # it cannot be removed and it is on no host's own storage; say so and let the undo go on, so the
+        # changes before it (a frozen VM) are still put back
+        return "left %s: its filesystem refuses the removal (%s); it is on a volume that failed" % (path, exc.strerror)
     return "removed %s" % path
 
 

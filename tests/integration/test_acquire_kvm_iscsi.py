@@ -16,13 +16,16 @@ and both hosts clean.
 import hashlib
 import json
 import os
+import random
 import re
+import string
 import subprocess
 import time
 
 import pytest
 
 from conftest import ROOT, ansible_env
+from test_iscsi_target_secrets import Sampler
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 PLAYBOOK = os.path.join(ROOT, "playbooks", "acquire_kvm.yml")
@@ -104,14 +107,29 @@ def iscsi(lab, ansible_playbook):
     check = ansible_playbook(PLAYBOOK, "--check", *args)
     after_check = {"files": sorted(os.listdir(work)), "traces": _host_traces(lab, work, CASE),
                    "xml": _out(VIRSH + ["dumpxml", "--inactive", guest["name"]])}
+    # the first run at -vvv, with a CHAP secret we know (given in a file, not in argv), while every process's
+    # argv and environment are sampled: the secret must show up nowhere
+    secret = "".join(random.SystemRandom().choice(string.ascii_letters + string.digits) for i in range(28))
+    secret_vars = os.path.join(work, "..", "e2e-iscsi-secret.yml")
+    with open(secret_vars, "w") as f:
+        f.write("vmcollect_chap_password: %s\n" % secret)
+    os.chmod(secret_vars, 0o600)
+    sampler = Sampler([secret])
+    sampler.start()
     t0 = time.monotonic()
-    first = ansible_playbook(PLAYBOOK, *args)
-    seconds = time.monotonic() - t0
+    try:
+        first = ansible_playbook(PLAYBOOK, "-vvv", "-e", "@" + secret_vars, *args)
+    finally:
+        seconds = time.monotonic() - t0
+        sampler.stop.set()
+        sampler.join(10)
+        os.unlink(secret_vars)
     traces = _host_traces(lab, work, CASE)
     backing = os.path.join(work, "collector", CASE, "kvm1.img")
     st = os.stat(backing) if os.path.exists(backing) else None
     second = ansible_playbook(PLAYBOOK, *args)
     return {"work": work, "args": args, "check": check, "after_check": after_check, "first": first, "second": second,
+            "secret": secret, "sampler": sampler,
             "seconds": seconds, "traces": traces, "backing": backing, "backing_stat": st,
             "xml_before": xml_before, "live_xml_before": live_xml_before}
 
@@ -128,6 +146,13 @@ def test_acquisition_onto_the_collector_succeeds(iscsi):
     assert iscsi["first"].returncode == 0, out[-8000:]
     assert _recap(out, "kvm1")["failed"] == 0 and _recap(out, "collector1")["failed"] == 0
     print("start to evidence verified on the collector: %.1f s" % iscsi["seconds"])
+
+
+def test_no_chap_secret_in_any_process_or_in_the_vvv_output(iscsi):
+    assert iscsi["sampler"].rounds > 20
+    assert iscsi["sampler"].found == [], "the CHAP secret was visible in: %s" % iscsi["sampler"].found
+    assert iscsi["secret"] not in iscsi["first"].stdout
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in iscsi["first"].stdout  # -vvv really showed module arguments
 
 
 def test_both_hosts_restored(iscsi, lab):

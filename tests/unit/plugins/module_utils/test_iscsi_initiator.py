@@ -528,7 +528,6 @@ def test_watchdog_kills_a_daemon_without_its_connection_and_says_why(tmp_path, m
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "type=fuse,id=%s,x" % export_id])
     note = str(tmp_path / "lost")
     cfg = {"attachment": export_id, "portal_address": "127.0.0.1", "portal_port": 3260, "timeout": 1}
-    monkeypatch.setattr(ii, "_bin", lambda name: sys.executable if name == "python3" else name)
     wd = ii.start_watchdog(cfg, fake.pid, note)
     try:
         assert fake.wait(timeout=10) == -9

@@ -190,6 +190,24 @@ def test_file_created_handler_removes_what_was_made(tmp_path, journal):
     assert not made.exists()
 
 
+def test_file_on_a_failed_volume_is_left_and_the_undo_goes_on(tmp_path, journal, monkeypatch):
+    """A partial image on an iSCSI LUN whose link was lost (its ext4 turned read-only): the older change
+    (here: the VM's frozen disks) must still be undone."""
+    import errno as _errno
+    journal.record_change("test.append", {"n": 1}, "freeze the disks")
+    made = tmp_path / "memory.raw.partial"
+    made.write_bytes(b"x")
+    journal.record_change("file.created", {"path": str(made)}, "the memory image")
+
+    def refuse(path):
+        raise OSError(_errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(j.os, "unlink", refuse)
+    result = journal.teardown(remove_when_done=False)
+    assert result["undone"][0]["result"].startswith("left %s: its filesystem refuses the removal" % made)
+    assert CALLS == [1]
+
+
 def test_sysctl_handler_leaves_a_value_as_found_alone(journal):
     with open("/proc/sys/kernel/ostype") as f:
         value = f.read().strip()
