@@ -20,12 +20,16 @@ EVIDENCE=$LAB_DIR/evidence
 COLLECTOR_DIR=$LAB_DIR/collector
 METHOD=${METHOD:-background_snapshot}
 export ANSIBLE_CONFIG=$LAB_DIR/ansible.cfg ANSIBLE_COLLECTIONS_PATH=$ROOT/.build/collections
+if [ "$TRANSPORT" = local ]; then
+  MODE_ARGS=(-e "kvm_acquire_evidence_dir=$EVIDENCE")
+else
+  MODE_ARGS=(-e "collector_journal_dir=$LAB_DIR/work/journal" -e "collector_dir=$COLLECTOR_DIR"
+             -e "collector_verify_dir=$LAB_DIR/work/verify" -e "vmcollect_mount_dir=$LAB_DIR/work/volume")
+fi
 "$VENV/bin/ansible-playbook" playbooks/acquire_kvm.yml -e "vmcollect_transport=$TRANSPORT" \
   -e "kvm_acquire_case_id=$CASE" -e "{\"kvm_acquire_examiner\": \"${EXAMINER:-demo examiner}\"}" \
-  -e '{"kvm_acquire_vms": ["vmc-victim"]}' -e "kvm_acquire_evidence_dir=$EVIDENCE" \
-  -e "kvm_acquire_memory_method=$METHOD" -e "kvm_acquire_journal_dir=$LAB_DIR/work/journal" \
-  -e "collector_journal_dir=$LAB_DIR/work/journal" -e "collector_dir=$COLLECTOR_DIR" \
-  -e "collector_verify_dir=$LAB_DIR/work/verify" -e "vmcollect_mount_dir=$LAB_DIR/work/volume"
+  -e '{"kvm_acquire_vms": ["vmc-victim"]}' -e "kvm_acquire_memory_method=$METHOD" \
+  -e "kvm_acquire_journal_dir=$LAB_DIR/work/journal" "${MODE_ARGS[@]}"
 echo
 if [ "$TRANSPORT" = local ]; then
   echo "case $CASE on kvm1: $EVIDENCE/$CASE"

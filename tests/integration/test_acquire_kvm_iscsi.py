@@ -213,6 +213,19 @@ def test_lun_too_small_is_refused_before_anything_changes(iscsi, lab, ansible_pl
     assert _out(VIRSH + ["dumpxml", "--inactive", lab["guest"]["name"]]) == iscsi["xml_before"]
 
 
+def test_a_local_evidence_dir_is_refused_in_iscsi_mode(iscsi, lab, ansible_playbook):
+    """-e kvm_acquire_evidence_dir outranks the LUN's mountpoint the playbook gives the role: the evidence would
+    land on the KVM host's own disk (make demo did that once). It is refused before anything changes."""
+    work = iscsi["work"]
+    case = "case-iscsi-local-dir"
+    args = _args(lab, work, case, [lab["guest"]["name"]], extra=["-e", "kvm_acquire_evidence_dir=%s/elsewhere" % work])
+    result = ansible_playbook(PLAYBOOK, *args)
+    assert result.returncode != 0
+    assert "kvm_acquire_evidence_dir" in result.stdout and "Nothing was changed on any host" in result.stdout
+    assert not os.path.exists(os.path.join(work, "elsewhere")) and not os.path.exists(os.path.join(work, "collector", case))
+    assert _host_traces(lab, work, case) == []
+
+
 @pytest.fixture
 def slow_vm(lab, tmp_path):
     """A shut-off VM with a 48 MiB disk of random data, and kvm1's storage link throttled to 24 Mbit/s, so
