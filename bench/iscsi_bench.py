@@ -57,6 +57,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+TEARDOWN = os.path.join(ROOT, "playbooks", "teardown.yml")
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MIB = 1024 * 1024
@@ -112,26 +113,6 @@ SETUP_PLAYBOOK = """---
         chap_password: "{{ hostvars[bench_collector].bench_secret }}"
         mountpoint: "{{ bench_work }}/volume"
         state: present
-"""
-
-TEARDOWN_PLAYBOOK = """---
-- name: Bench - undo the case on the KVM host first (flush and detach while the target still serves)
-  hosts: "{{ bench_kvm }}"
-  gather_facts: false
-  tasks:
-    - name: Teardown
-      dfir.vmcollect.teardown:
-        case_id: "{{ bench_case }}"
-        journal_dir: "{{ bench_work }}/journal"
-
-- name: Bench - undo the case on the collector
-  hosts: "{{ bench_collector }}"
-  gather_facts: false
-  tasks:
-    - name: Teardown
-      dfir.vmcollect.teardown:
-        case_id: "{{ bench_case }}"
-        journal_dir: "{{ bench_work }}/journal"
 """
 
 # Runs on kvm1 (/usr/bin/python3, over SSH, so in kvm1's network and mount namespaces): one JSON line per run.
@@ -277,9 +258,7 @@ def copy_part(lab, args):
     work = os.path.join(args.work, "copy")
     os.makedirs(work, exist_ok=True)
     setup = os.path.join(work, "setup.yml")
-    teardown = os.path.join(work, "teardown.yml")
     write_file(setup, SETUP_PLAYBOOK)
-    write_file(teardown, TEARDOWN_PLAYBOOK)
     size = args.size_mib * MIB
     variables = {"bench_case": COPY_CASE, "bench_work": work, "bench_kvm": lab.kvm["name"],
                  "bench_collector": lab.collector["name"], "bench_lun_bytes": 2 * size + 256 * MIB,
@@ -287,10 +266,11 @@ def copy_part(lab, args):
                  "bench_portal_port": COPY_PORTAL_PORT, "bench_control_port": COPY_CONTROL_PORT}
     pb_args = ["-e", json.dumps(variables)]
 
-    def tear_down():
-        p, dummy = lab.playbook(teardown, pb_args)
+    def tear_down():  # the project's recovery playbook: the KVM host first, then the collector
+        p, dummy = lab.playbook(TEARDOWN, ["-e", "vmcollect_case_id=" + COPY_CASE,
+                                           "-e", "vmcollect_journal_dir=" + os.path.join(work, "journal")])
         if p.returncode != 0:
-            print("TEARDOWN FAILED (exit %d), run it again: %s\n%s" % (p.returncode, teardown, p.stdout[-4000:]))
+            print("TEARDOWN FAILED (exit %d), run it again: %s\n%s" % (p.returncode, TEARDOWN, p.stdout[-4000:]))
             return False
         return True
 
@@ -444,7 +424,7 @@ def e2e_args(lab, mode, case, run_dir):
 
 def e2e_part(lab, args):
     playbook = os.path.join(ROOT, "playbooks", "acquire_kvm.yml")
-    teardown = os.path.join(ROOT, "playbooks", "teardown.yml")
+    teardown = TEARDOWN
     base = os.path.join(args.work, "e2e")
     os.makedirs(base, exist_ok=True)
     stamp = "%04x" % (int(time.time()) % 0x10000)

@@ -40,6 +40,8 @@ import hashlib
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -605,8 +607,6 @@ while ("type=fuse,id=%s," % export_id) in cmdline(qsd):
 
 def proc_net_address(address, port):
     """How /proc/net/tcp{,6} writes a remote address: the raw bytes as native-endian 32-bit words, in hex."""
-    import socket
-    import struct
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     if family == socket.AF_INET:
         try:
