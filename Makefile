@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test setup sanity lint unit integration build lab-up lab-down lab-status bench clean
+.PHONY: help demo test setup sanity lint unit integration build lab-up lab-down lab-status bench bench-lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -44,8 +44,14 @@ lab-down:  ## bring the lab down, nothing left behind
 lab-status:  ## is the lab up and healthy
 	bash lab/status.sh
 
-bench: setup  ## benchmarks (print ratios against baselines; not tests)
+bench: setup  ## benchmarks (print ratios against baselines; not tests); bench-lab runs the ones that need the lab
 	$(PY) bench/hash_bench.py
+	$(PY) bench/copy_bench.py --format qcow2
+	$(PY) bench/copy_bench.py
+
+bench-lab: lab-up  ## the benchmarks that need the lab: RAM methods vs virsh dump, iSCSI vs local
+	/usr/bin/python3 bench/memory_bench.py --ram-mib 256 1024 --rounds 3
+	$(PY) bench/iscsi_bench.py --size-mib 512 --rounds 5 --e2e-rounds 3
 
 clean: lab-down  ## lab down and build outputs removed (venvs kept)
 	rm -rf .build tests/output dfir-vmcollect-*.tar.gz
