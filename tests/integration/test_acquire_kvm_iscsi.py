@@ -193,6 +193,47 @@ grep -c -a '%s' */memory-*.raw
     assert result.stdout.count(": OK") >= 3 and "Images are identical." in result.stdout
 
 
+VERIFY_TAMPERED = """\
+- name: The collector verifies a volume against source digests that differ from its manifest
+  hosts: collector1
+  gather_facts: false
+  tasks:
+    - name: Verify
+      ansible.builtin.include_role:
+        name: dfir.vmcollect.collector
+        tasks_from: verify_volume
+      vars:
+        collector_case_id: %(case)s
+        collector_volume: kvm1
+        collector_dir: %(work)s/collector
+        collector_verify_dir: %(work)s/verify-tampered
+        collector_journal_dir: %(work)s/journal-tampered
+        collector_source_artifacts: {kvm1: %(artifacts)s}
+"""
+
+
+def test_collector_refuses_a_volume_whose_manifest_differs_from_the_source(iscsi, lab, ansible_playbook, tmp_path):
+    """The controller holds the digests the KVM host reported; a volume whose manifest says otherwise (here: the
+    source digests altered instead of the volume, which stays read-only) is refused, and its mount is undone."""
+    listing = _read_volume(iscsi["backing"], "cat \"$MNT/%s/manifest.json\"" % CASE)
+    assert listing.returncode == 0, listing.stdout
+    artifacts = json.loads(listing.stdout)["artifacts"]
+    victim = sorted(artifacts)[0]
+    artifacts[victim]["digests"]["sha256"] = "0" * 64
+    playbook = tmp_path / "verify-tampered.yml"
+    playbook.write_text(VERIFY_TAMPERED % {"case": CASE, "work": iscsi["work"], "artifacts": json.dumps(artifacts)})
+    result = ansible_playbook(str(playbook))
+    assert result.returncode != 0
+    assert "does not list the artifacts and digests the KVM host" in result.stdout and victim in result.stdout
+    assert "Unmount the backing file" in result.stdout
+    loops = _out(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"])
+    assert iscsi["backing"] not in loops  # the read-only loop device is gone again
+    teardown = ansible_playbook(TEARDOWN, "-e", "vmcollect_case_id=" + CASE,
+                                "-e", "vmcollect_journal_dir=%s/journal-tampered" % iscsi["work"])
+    assert teardown.returncode == 0
+    assert not os.path.exists(os.path.join(iscsi["work"], "journal-tampered", CASE))
+
+
 def test_second_run_copies_nothing_again(iscsi):
     out = iscsi["second"].stdout
     assert iscsi["second"].returncode == 0, out[-6000:]
