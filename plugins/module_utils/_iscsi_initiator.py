@@ -316,12 +316,29 @@ def _export_marker(export_id):
     return "type=fuse,id=%s," % export_id
 
 
+def _is_qsd_argv(argv, export_id):
+    return bool(argv) and "qemu-storage-daemon" in os.path.basename(argv[0]) and any(
+        a.startswith(_export_marker(export_id)) for a in argv)
+
+
 def is_our_qsd(pid, export_id):
     """Whether ``pid`` is the qemu-storage-daemon serving our export (never trust a bare pid file)."""
-    argv = _cmdline(pid)
-    if not argv or "qemu-storage-daemon" not in os.path.basename(argv[0]):
-        return False
-    return any(a.startswith(_export_marker(export_id)) for a in argv)
+    return _is_qsd_argv(_cmdline(pid), export_id)
+
+
+def _scan_proc(match):
+    """The pids, in /proc's order, of live processes whose argv (a list) satisfies ``match(argv)``."""
+    try:
+        entries = os.listdir(PROC)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.isdigit():
+            argv = _cmdline(int(entry))  # None when the process ended meanwhile
+            if argv and match(argv) and not _is_zombie(int(entry)):
+                found.append(int(entry))
+    return found
 
 
 def find_qsd(export_id, pid_file=None):
@@ -329,14 +346,8 @@ def find_qsd(export_id, pid_file=None):
     pid = _read(pid_file) if pid_file else None
     if pid and pid.isdigit() and is_our_qsd(int(pid), export_id) and not _is_zombie(int(pid)):
         return int(pid)
-    try:
-        entries = os.listdir(PROC)
-    except OSError:
-        return None
-    for entry in entries:
-        if entry.isdigit() and is_our_qsd(int(entry), export_id) and not _is_zombie(int(entry)):
-            return int(entry)
-    return None
+    found = _scan_proc(lambda argv: _is_qsd_argv(argv, export_id))
+    return found[0] if found else None
 
 
 def _fs_facts(mountpoint):
@@ -619,14 +630,8 @@ def proc_net_address(address, port):
 
 
 def watchdog_pids(export_id):
-    """Running watchdogs of ``export_id``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            args = _cmdline(int(name))
-            if WATCHDOG_MARKER in args and export_id in args:
-                found.append(int(name))
-    return found
+    """Running watchdogs of ``export_id`` (argv: python3 -c SOURCE marker export_id ...)."""
+    return _scan_proc(lambda argv: argv[3:5] == [WATCHDOG_MARKER, export_id])
 
 
 def start_watchdog(cfg, qsd_pid, note_file):
