@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), ".build", "collections"))
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import hash_path  # noqa: E402
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import hash_path  # noqa: E402
 
 CHUNK = 1024 * 1024
 

@@ -120,8 +120,8 @@ RUNNER = r'''
 import json, os, subprocess, sys, time
 cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["collections"])
-from ansible_collections.dfir.vmcollect.plugins.module_utils._copy import copy_evidence
-from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import hash_path
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import copy_evidence
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import hash_path
 
 def link_bytes():
     with open("/proc/net/dev") as f:

@@ -32,9 +32,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), ".build", "collections"))
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory as km  # noqa: E402
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal  # noqa: E402
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import connect, find_domain  # noqa: E402
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as km  # noqa: E402
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal  # noqa: E402
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import connect, find_domain  # noqa: E402
 
 URI = "qemu:///system"
 CASE = "bench-memory"

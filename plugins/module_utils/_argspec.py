@@ -7,8 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import DEFAULT_JOURNAL_DIR
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import DEFAULT_URI
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import DEFAULT_JOURNAL_DIR
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import DEFAULT_URI
 
 # AnsibleModule keyword arguments that go with kvm_vm_spec()
 KVM_VM_RULES = {"required_one_of": [("name", "uuid")], "mutually_exclusive": [("name", "uuid")]}

@@ -272,9 +272,9 @@ state:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._copy import DEFAULT_MODE, copy_evidence
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import DEFAULT_MODE, copy_evidence
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import DEFAULT_BLOCK_SIZE, SUPPORTED_ALGORITHMS
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import DEFAULT_BLOCK_SIZE, SUPPORTED_ALGORITHMS
 
 
 def argument_spec():

@@ -104,7 +104,7 @@ paths:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._manifest import update
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.manifest import update
 
 
 def main():

@@ -165,7 +165,7 @@ mismatches:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import (
     DEFAULT_BLOCK_SIZE,
     SUPPORTED_ALGORITHMS,
     collect_expected,

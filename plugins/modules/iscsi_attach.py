@@ -233,9 +233,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_initiator
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator
 
 
 def main():

@@ -109,14 +109,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 
 # Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
 # without it, those records fail to undo with the handler's own message.
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_target  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import snapshot as _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as _iscsi_target  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
 
 
 def main():

@@ -490,7 +490,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     connect,

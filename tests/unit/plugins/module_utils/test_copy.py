@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _copy as c
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import copy as c
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     DestinationError,
     EvidenceSourceError,
@@ -209,7 +209,7 @@ def test_kill_9_mid_copy_then_resume(big_src, dest_dir):
     dest = os.path.join(dest_dir, "big.raw")
     script = textwrap.dedent("""
         import sys, time
-        from ansible_collections.dfir.vmcollect.plugins.module_utils._copy import copy_evidence
+        from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import copy_evidence
         copy_evidence(sys.argv[1], sys.argv[2], checkpoint_bytes=256 * 1024, block_size=65536,
                       progress=lambda phase, done, total: time.sleep(0.01))
     """)
@@ -473,7 +473,7 @@ def test_block_device_source(tmp_path, dest_dir):
 
 def test_threaded_single_algorithm_read_equals_serial(sparse_src):
     """The read-back hashes one algorithm in a thread of its own (reads overlap hashing): same digest."""
-    from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import hash_path
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import hash_path
     serial = hash_path(sparse_src, ["sha256"])
     threaded = hash_path(sparse_src, ["sha256"], threaded=True)
     assert threaded["digests"] == serial["digests"] == {"sha256": reference(sparse_src)}

@@ -13,14 +13,14 @@ import subprocess
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _hashing as h
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import hashing as h
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     ChecksumFileError,
     EvidenceSourceError,
     HashMismatchError,
     InvalidInputError,
 )
-from ansible_collections.dfir.vmcollect.plugins.module_utils._sparse import iter_extents
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse import iter_extents
 
 MIB = 1024 * 1024
 

@@ -16,9 +16,9 @@ import stat
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_initiator as ii
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as ii
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 
 SECRET = "s3cret-Chap-Value"
 MUTUAL = "mutual-Chap-Value"

@@ -15,13 +15,13 @@ import textwrap
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _journal as j
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import journal as j
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
 
 CALLS = []
 # the folder that holds ansible_collections/, for child processes
 COLLECTIONS_ROOT = j.__file__
-for _level in range(6):
+for _level in range(7):
     COLLECTIONS_ROOT = os.path.dirname(COLLECTIONS_ROOT)
 
 
@@ -146,7 +146,7 @@ def _child(tmp_path, body):
     code = textwrap.dedent("""
         import os, sys
         sys.path.insert(0, %r)
-        from ansible_collections.dfir.vmcollect.plugins.module_utils import _journal as j
+        from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import journal as j
         journal = j.Journal("case-42", %r, hostname="hostA")
     """) % (COLLECTIONS_ROOT, str(tmp_path / "jr")) + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code])

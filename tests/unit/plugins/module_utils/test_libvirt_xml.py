@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _libvirt as lv
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import libvirt as lv
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import EvidenceSourceError, InvalidInputError
 
 MIB = 1024 * 1024
@@ -367,7 +367,7 @@ def test_normalize_uuid():
 def test_imports_without_libvirt():
     """ansible-test's import sanity test loads module_utils without libvirt installed."""
     code = ("import sys; sys.modules['libvirt'] = None\n"
-            "from ansible_collections.dfir.vmcollect.plugins.module_utils import _libvirt as lv\n"
+            "from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import libvirt as lv\n"
             "assert not lv.HAS_LIBVIRT and 'libvirt' in lv.LIBVIRT_IMPORT_ERROR\n"
             "try:\n"
             "    lv.require_libvirt()\n"

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _manifest as m
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import manifest as m
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, ManifestError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._version import VERSION
 

@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory as km
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _migration_stream as ms
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as km
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import migration_stream as ms
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, MigrationStreamError
 
 PAGE = 4096

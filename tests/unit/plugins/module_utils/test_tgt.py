@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _tgt
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import tgt as _tgt
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
 
 # `strace -e write tgtadm -C 64 --mode target --op show` on Debian 12 (tgt 1:1.0.85-1+deb12u1)

@@ -12,9 +12,9 @@ import os
 
 import pytest
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _iscsi_target as t
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as t
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import UNDO_HANDLERS, Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS, Journal
 
 GOOD = dict(backing_file="/evidence/c/kvm1.lun", size="20G", initiator_iqn="iqn.2026-11.io.x:init",
             initiator_addresses=["10.0.0.2"], portal_address="10.0.0.1", chap_user="u1",

@@ -17,9 +17,9 @@ import json
 import os
 import sys
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _kvm_memory
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import Journal
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import connect, find_domain
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import connect, find_domain
 
 
 def main(name, case_id, journal_dir, dest):

@@ -33,7 +33,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     HashMismatchError,
     InvalidInputError,
 )
-from ansible_collections.dfir.vmcollect.plugins.module_utils._sparse import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse import (
     iter_extents,
     open_noatime,
     open_source,

@@ -38,8 +38,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     InvalidInputError,
     VmcollectError,
 )
-from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir, write_atomic
-from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, write_atomic
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import (
     DEFAULT_BLOCK_SIZE,
     SUPPORTED_ALGORITHMS,
     HashConsumer,
@@ -50,7 +50,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import (
     normalize_digest,
     read_source,
 )
-from ansible_collections.dfir.vmcollect.plugins.module_utils._sparse import iter_extents, open_source, source_size
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse import iter_extents, open_source, source_size
 
 MIB = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"

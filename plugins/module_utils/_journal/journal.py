@@ -33,7 +33,7 @@ import socket
 import uuid
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 
 DEFAULT_JOURNAL_DIR = "/var/lib/dfir-vmcollect/journal"
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -47,8 +47,8 @@ import sys
 import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir, write_atomic
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, write_atomic
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler
 
 # seconds an iSCSI request may wait for the target (userspace initiator) before it fails with EIO
 DEFAULT_REQUEST_TIMEOUT = 30
@@ -910,7 +910,7 @@ def _records(journal, attachment):
 
 def _undo_records(journal, records, check_mode=False):
     """Undo records (newest first) through their handlers; marks each undone."""
-    from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import UNDO_HANDLERS
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS
     results = []
     for rec in sorted(records, key=lambda r: r["seq"], reverse=True):
         result = UNDO_HANDLERS[rec["action"]](rec["undo"], check_mode)

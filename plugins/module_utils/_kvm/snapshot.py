@@ -30,8 +30,8 @@ import time
 import xml.etree.ElementTree as ET
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DomainNotFoundError, SnapshotError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler, utc_now
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (  # libvirt: None without the bindings
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler, utc_now
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt: None without the bindings
     connect,
     disk_sizes,
     find_domain,

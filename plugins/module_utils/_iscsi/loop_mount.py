@@ -20,7 +20,7 @@ __metaclass__ = type
 import os
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi_initiator import (
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.initiator import (
     ACTION_LOOP,
     ACTION_MOUNT,
     _bin,

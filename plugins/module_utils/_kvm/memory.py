@@ -50,10 +50,10 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     MemoryAcquisitionError,
     VmcollectError,
 )
-from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir
-from ansible_collections.dfir.vmcollect.plugins.module_utils._hashing import absolute, hash_path, normalize_algorithms
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler, utc_now
-from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (  # libvirt*: None without the bindings
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import absolute, hash_path, normalize_algorithms
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler, utc_now
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt*: None without the bindings
     connect,
     find_domain,
     libvirt,
@@ -61,7 +61,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._libvirt import (  
     parse_domain_xml,
     power_state,
 )
-from ansible_collections.dfir.vmcollect.plugins.module_utils._migration_stream import extract_ram
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.migration_stream import extract_ram
 
 METHODS = ("pmemsave", "pmemsave_paused", "core_dump", "background_snapshot")
 FORMATS = ("raw",)

@@ -36,9 +36,9 @@ import tempfile
 import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._fsutil import fsync_dir
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import undo_handler
-from ansible_collections.dfir.vmcollect.plugins.module_utils import _tgt
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import tgt as _tgt
 
 IQN_PREFIX = "iqn.2026-11.io.dfir.vmcollect"
 LUN = 1
