@@ -39,11 +39,11 @@ if [ "$TRANSPORT" = local ]; then
 fi
 VOLUME=$COLLECTOR_DIR/$CASE/kvm1.img
 echo "case $CASE on collector1: the LUN backing file $VOLUME"
-echo "the collector's verification record: $VOLUME.verified.json"
+echo "the collector's verification records: $VOLUME.verified.jsonl"
 echo "reading it again here, through a read-only loop device:"
 # shellcheck disable=SC2016  # the inner script expands its own variables
 unshare -m --propagation private bash -euo pipefail -c '
   loop=$(losetup --read-only --find --show "$1"); mnt=$(mktemp -d)
   trap "cd /; umount \"\$mnt\"; losetup -d \"\$loop\"; rmdir \"\$mnt\"" EXIT
-  mount -o ro,noload "$loop" "$mnt"; cd "$mnt/$2"
-  find . -type f | sort; sha256sum -c SHA256SUMS' demo "$VOLUME" "$CASE"
+  mount -o ro,noload "$loop" "$mnt"; cd "$mnt"
+  find . -type f | sort; sha256sum -c SHA256SUMS' demo "$VOLUME"

@@ -123,6 +123,20 @@ options:
     type: str
     choices: [if_blank, never, force]
     default: if_blank
+  read_only:
+    description:
+      - Attach a LUN that already holds evidence without writing a byte to it. Not even the filesystem's
+        superblock changes (a read-write mount writes its mount count and times), so the LUN's backing file
+        keeps its digest.
+      - O(initiator=userspace) opens the LUN read-only in C(qemu-storage-daemon), exports it not writable,
+        attaches a read-only loop device (C(losetup --read-only)) and mounts it C(ro,noload) (no journal
+        replay; C(ro,norecovery) for xfs, C(ro) for ext2). O(initiator=open-iscsi) makes the LUN's disk
+        read-only (C(blockdev --setro)) before anything reads it, and mounts it the same way.
+      - It never formats. Only the O(filesystem) labelled O(filesystem_label) is mounted; a blank LUN or anything
+        else is refused. O(format=force) cannot go with it.
+      - An attachment made read-write is not turned read-only (or back) in place; detach it first.
+    type: bool
+    default: false
   run_dir:
     description:
       - Folder for the FUSE export file and the daemon's pid file (O(initiator=userspace)). Created if missing
@@ -166,6 +180,17 @@ EXAMPLES = r"""
     case_id: case-42
     mountpoint: /srv/evidence/case-42
     state: absent
+
+- name: Attach a LUN that holds evidence again, without writing to it (not even its superblock)
+  dfir.vmcollect.iscsi_attach:
+    case_id: case-42
+    portal_address: 10.0.5.1
+    target_iqn: iqn.2026-01.org.example:case-42
+    initiator_iqn: iqn.2026-01.org.example:kvm1
+    chap_user: case42
+    chap_password: "{{ vault_chap_secret }}"
+    mountpoint: /srv/evidence/case-42-ro
+    read_only: true
 """
 
 RETURN = r"""
@@ -213,6 +238,10 @@ session:
   description: The open-iscsi session (target_iqn, portal, iface, lun, device).
   returned: state=present
   type: dict
+read_only:
+  description: Whether the LUN is attached and mounted read-only (O(read_only)).
+  returned: state=present
+  type: bool
 attachment:
   description: Name of this attachment (QEMU export id, open-iscsi iface name), unique per case and mountpoint.
   returned: always
@@ -258,6 +287,7 @@ def main():
             filesystem_label=dict(type="str", default="vmcollect"),
             format=dict(type="str", choices=["if_blank", "never", "force"], default="if_blank"),
             run_dir=dict(type="path"),
+            read_only=dict(type="bool", default=False),
             **journal_spec()
         ),
         required_if=[("state", "present", ("portal_address", "target_iqn", "initiator_iqn"))],

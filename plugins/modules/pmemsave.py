@@ -203,11 +203,11 @@ stream:
       the pause QEMU measured itself (qemu_downtime_ms).
   returned: when method is background_snapshot and not check mode
   type: dict
-started:
-  description: UTC time the acquisition started.
+started_at:
+  description: UTC time the acquisition started (not C(started), which C(async) rewrites).
   returned: success and not check mode
   type: str
-finished:
+finished_at:
   description: UTC time the image was in place.
   returned: success and not check mode
   type: str

@@ -116,8 +116,10 @@ frozen:
     overlay:
       description: The overlay taking the guest's writes, or V(null).
       type: str
-skipped:
-  description: Disks not acquired, each with target, device and reason.
+skipped_disks:
+  description:
+    - Disks not acquired (CD-ROMs, floppies), each with target, device, path and reason.
+    - Named so because Ansible reads a true C(skipped) in a task result as "the task was skipped".
   returned: always
   type: list
   elements: dict

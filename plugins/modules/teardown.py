@@ -42,6 +42,31 @@ options:
     type: list
     elements: str
     default: []
+  connection:
+    description:
+      - How the undo handlers reach a system the case changed that is not this host, for providers
+        whose changes live elsewhere (the planned ESXi side, on a vCenter or ESXi host).
+      - Handed to the undo handlers only. Never written to the journal, never returned; the
+        password is masked in every result and error message.
+      - The KVM and iSCSI changes of this version need none of it; leave it out for them.
+    type: dict
+    suboptions:
+      hostname:
+        description: Host name or address of the system to connect to (a vCenter or ESXi host).
+        type: str
+      port:
+        description: Its port, if not the default of the provider.
+        type: int
+      username:
+        description: User to log in as.
+        type: str
+      password:
+        description: That user's password.
+        type: str
+      validate_certs:
+        description: Whether the system's TLS certificate must be valid.
+        type: bool
+        default: true
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.journal
@@ -119,20 +144,31 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import targe
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            keep_journal=dict(type="bool", default=False),
-            keep_modules=dict(type="list", elements="str", default=[]),
-            **journal_spec()
-        ),
-        supports_check_mode=True,
+def argument_spec():
+    return dict(
+        keep_journal=dict(type="bool", default=False),
+        keep_modules=dict(type="list", elements="str", default=[]),
+        connection=dict(type="dict", options=dict(
+            hostname=dict(type="str"),
+            port=dict(type="int"),
+            username=dict(type="str"),
+            password=dict(type="str", no_log=True),
+            validate_certs=dict(type="bool", default=True),
+        )),
+        **journal_spec()
     )
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     p = module.params
+    # connection options go to the undo handlers only (UndoContext.options), with every no_log value masked
+    options = dict((k, v) for k, v in (p["connection"] or {}).items() if v is not None)
     try:
         journal = Journal(p["case_id"], p["journal_dir"])
         result = journal.teardown(check_mode=module.check_mode, remove_when_done=not p["keep_journal"],
-                                  keep_modules=tuple(p["keep_modules"]))
+                                  keep_modules=tuple(p["keep_modules"]), options=options,
+                                  secrets=tuple(module.no_log_values))
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(changed=bool(result["undone"]) or result["removed"], undone=result["undone"],

@@ -471,6 +471,10 @@ vm:
           description: Version of the hypervisor (QEMU).
           type: str
           sample: 7.2.22
+        tools:
+          description: The tools that acquire the VM and their versions, as the case manifest records them.
+          type: dict
+          sample: {libvirt: 9.0.0, qemu: 7.2.22}
     xml:
       description: The domain XML, without secrets.
       returned: when O(include_xml=true)
@@ -490,13 +494,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    connect,
-    domain_info,
-    find_domain,
-)
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR, vm_info
 
 
 def argument_spec():
@@ -517,9 +515,7 @@ def main():
     p = module.params
     qemu_img = module.get_bin_path("qemu-img")
     try:
-        with connect(p["uri"], readonly=True) as conn:
-            dom = find_domain(conn, name=p["name"], uuid=p["uuid"])
-            vm = domain_info(conn, dom, include_xml=p["include_xml"], qemu_img=qemu_img)
+        vm = vm_info(p["uri"], name=p["name"], uuid=p["uuid"], include_xml=p["include_xml"], qemu_img=qemu_img)
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     for disk in vm["disks"]:

@@ -288,3 +288,29 @@ def test_shut_off_vm_with_spaces_and_quotes_disk_only(acquisition, lab, ansible_
     finally:
         subprocess.run(VIRSH + ["undefine", name], check=False, stdout=subprocess.DEVNULL)
         subprocess.run(["rm", "-rf", folder], check=False)
+
+
+def test_the_local_run_ends_with_a_summary_and_no_empty_plays(acquisition):
+    out = acquisition["first"].stdout
+    assert "skipping: no hosts matched" not in out
+    summary = out[out.rindex("acquire : Summary"):]
+    assert "3 artifact(s) in kvm1:" + acquisition["case_dir"] in summary, summary
+    assert "the guest was paused" in summary and "restored as found" in summary
+    assert "sha256sum -c SHA256SUMS" in summary
+    second = acquisition["second"].stdout
+    assert "Already in the case: 3 artifact(s) re-hashed and unchanged" in second[second.rindex("acquire : Summary"):]
+
+
+@pytest.mark.parametrize("extra, first_play", [
+    ([], "Plan the evidence volumes"),  # the lab's inventory has a collector: iSCSI, as make demo
+    (["-e", "kvm_acquire_evidence_dir=/var/tmp/x"], "Acquire onto the hosts' own storage"),
+    (["-e", "vmcollect_transport=local"], "Acquire onto the hosts' own storage"),
+    (["-e", "vmcollect_transport=iscsi"], "Plan the evidence volumes"),
+])
+def test_the_transport_is_chosen_before_any_play_and_agrees_with_make_demo(ansible_playbook, extra, first_play):
+    listed = ansible_playbook(PLAYBOOK, "--list-tasks", "-e", "kvm_acquire_case_id=c", *extra)
+    assert listed.returncode == 0, listed.stdout[-3000:]
+    plays = re.findall(r"^\s*play #\d+ \([^)]*\): (.*?)\s+TAGS", listed.stdout, re.M)
+    assert plays and plays[0] == first_play, listed.stdout
+    demo = open(os.path.join(ROOT, "scripts", "demo.sh")).read()
+    assert "TRANSPORT=${TRANSPORT:-iscsi}" in demo

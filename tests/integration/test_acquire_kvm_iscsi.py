@@ -43,6 +43,19 @@ def _ssh(lab, host_index, command):
                           check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _records(backing):
+    with open(backing + ".verified.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
 def _recap(stdout, host):
     m = re.search(r"^%s\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % host, stdout, re.M)
     assert m, stdout[-3000:]
@@ -52,7 +65,7 @@ def _recap(stdout, host):
 def _args(lab, work, case, vms, memory="background_snapshot", extra=()):
     return ["-e", "vmcollect_transport=iscsi", "-e", "kvm_acquire_case_id=" + case,
             "-e", json.dumps({"kvm_acquire_examiner": "CI examiner"}), "-e", json.dumps({"kvm_acquire_vms": vms}),
-            "-e", "kvm_acquire_memory_method=" + memory,
+            "-e", "kvm_acquire_memory_method=" + memory, "-e", json.dumps({"kvm_acquire_algorithms": ["sha256", "md5"]}),
             "-e", "kvm_acquire_journal_dir=%s/journal" % work, "-e", "collector_journal_dir=%s/journal" % work,
             "-e", "collector_dir=%s/collector" % work, "-e", "collector_verify_dir=%s/verify" % work,
             "-e", "vmcollect_mount_dir=%s/volume" % work] + list(extra)
@@ -127,10 +140,14 @@ def iscsi(lab, ansible_playbook):
     traces = _host_traces(lab, work, CASE)
     backing = os.path.join(work, "collector", CASE, "kvm1.img")
     st = os.stat(backing) if os.path.exists(backing) else None
+    records_path = backing + ".verified.jsonl"
+    first_records = open(records_path).read() if os.path.exists(records_path) else ""
+    first_digest = _sha256(backing) if st else None
     second = ansible_playbook(PLAYBOOK, *args)
     return {"work": work, "args": args, "check": check, "after_check": after_check, "first": first, "second": second,
             "secret": secret, "sampler": sampler,
             "seconds": seconds, "traces": traces, "backing": backing, "backing_stat": st,
+            "first_records": first_records, "first_digest": first_digest,
             "xml_before": xml_before, "live_xml_before": live_xml_before}
 
 
@@ -163,31 +180,43 @@ def test_both_hosts_restored(iscsi, lab):
 
 
 def test_collector_verified_every_artifact_from_the_backing_file(iscsi):
-    record_path = iscsi["backing"] + ".verified.json"
-    with open(record_path) as f:
-        record = json.load(f)
-    assert record["case_id"] == CASE and record["verified_at"].endswith("Z")
+    record = json.loads(iscsi["first_records"].splitlines()[0])
+    assert record["case_id"] == CASE and record["recorded_at"].endswith("Z") and record["result"] == "verified"
     st = iscsi["backing_stat"]
     assert st.st_blocks * 512 < st.st_size  # thin: the LUN's backing file holds only what was written
-    with open(iscsi["backing"], "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == record["volume_digests"]["sha256"]
-    listing = _read_volume(iscsi["backing"], "cd \"$MNT/%s\" && cat manifest.json" % CASE)
+    assert iscsi["first_digest"] == record["volume_digests"]["sha256"]
+    # the volume's filesystem is the case folder: the case id is not repeated below the mountpoint
+    listing = _read_volume(iscsi["backing"], "cd \"$MNT\" && test ! -e '%s' && cat manifest.json" % CASE)
     assert listing.returncode == 0, listing.stdout
     manifest = json.loads(listing.stdout)
-    assert sorted(record["files"]) == sorted("%s/%s" % (CASE, p) for p in manifest["artifacts"])
+    assert sorted(record["files"]) == sorted(manifest["artifacts"])
+    # the RAM image is hashed with the configured algorithms, as the disks are
+    for artifact in manifest["artifacts"].values():
+        assert sorted(artifact["digests"]) == ["md5", "sha256"], artifact
+
+
+def test_the_run_ends_with_a_summary_and_no_empty_plays(iscsi):
+    out = iscsi["first"].stdout
+    assert "skipping: no hosts matched" not in out
+    summary = out[out.rindex("collector : Summary"):]
+    assert "3 artifact(s) on the LUN of kvm1" in summary and "the guest was paused" in summary
+    assert "Verified again on collector1 from the read-only backing file" in summary
+    assert "Host kvm1:" in summary and "losetup --read-only" in summary and "sha256sum -c SHA256SUMS" in summary
+    freeze = out[out.index("Freeze the disks]"):][:300]
+    assert "changed: [kvm1]" in freeze and "skipping" not in freeze
 
 
 def test_evidence_on_the_volume_verifies_and_equals_the_disks(iscsi, lab):
     """Read independently of the collection: sha256sum -c, qemu-img compare with the disks, the RAM marker."""
     disks = " ".join("'%s'" % d["path"] for d in lab["guest"]["disks"])
-    script = """cd "$MNT/%s"
+    script = """cd "$MNT"
 sha256sum -c --strict SHA256SUMS
 for d in %s; do
   copy=$(ls */disks/*-00-"$(basename "$d")")
   qemu-img compare -U "$d" "$copy"
 done
 grep -c -a '%s' */memory-*.raw
-""" % (CASE, disks, lab["guest"]["marker"])
+""" % (disks, lab["guest"]["marker"])
     result = _read_volume(iscsi["backing"], script)
     assert result.returncode == 0, result.stdout
     assert result.stdout.count(": OK") >= 3 and "Images are identical." in result.stdout
@@ -215,7 +244,7 @@ VERIFY_TAMPERED = """\
 def test_collector_refuses_a_volume_whose_manifest_differs_from_the_source(iscsi, lab, ansible_playbook, tmp_path):
     """The controller holds the digests the KVM host reported; a volume whose manifest says otherwise (here: the
     source digests altered instead of the volume, which stays read-only) is refused, and its mount is undone."""
-    listing = _read_volume(iscsi["backing"], "cat \"$MNT/%s/manifest.json\"" % CASE)
+    listing = _read_volume(iscsi["backing"], "cat \"$MNT/manifest.json\"")
     assert listing.returncode == 0, listing.stdout
     artifacts = json.loads(listing.stdout)["artifacts"]
     victim = sorted(artifacts)[0]
@@ -234,12 +263,21 @@ def test_collector_refuses_a_volume_whose_manifest_differs_from_the_source(iscsi
     assert not os.path.exists(os.path.join(iscsi["work"], "journal-tampered", CASE))
 
 
-def test_second_run_copies_nothing_again(iscsi):
+def test_second_run_copies_nothing_again_and_never_writes_the_verified_volume(iscsi):
     out = iscsi["second"].stdout
     assert iscsi["second"].returncode == 0, out[-6000:]
     assert "Copy every frozen image" not in out or "skipping" in out.split("Copy every frozen image")[1][:400]
+    assert "read-only as the volume is sealed" in out
     st = os.stat(iscsi["backing"])
     assert st.st_size == iscsi["backing_stat"].st_size
+    # a verified volume is exported and mounted read-only only: not a byte of it changed (ext4's mount count and
+    # last write time included), and its first verification record is kept, the second appended
+    assert _sha256(iscsi["backing"]) == iscsi["first_digest"]
+    records = _records(iscsi["backing"])
+    assert len(records) == 2
+    assert open(iscsi["backing"] + ".verified.jsonl").read().startswith(iscsi["first_records"])
+    assert records[1]["volume_digests"] == records[0]["volume_digests"]
+    assert "Already in the case: 3 artifact(s) re-hashed and unchanged" in out
 
 
 def test_lun_too_small_is_refused_before_anything_changes(iscsi, lab, ansible_playbook):
@@ -334,7 +372,7 @@ def test_storage_link_cut_during_a_copy(iscsi, lab, slow_vm):
     assert _host_traces(lab, work, case) == []
     # nothing on the volume claims to be verified evidence of the cut copy
     backing = os.path.join(work, "collector", case, "kvm1.img")
-    assert not os.path.exists(backing + ".verified.json")
+    assert not os.path.exists(backing + ".verified.jsonl")
     listing = _read_volume(backing, "cd \"$MNT\" && find . -type f | sort")
     assert listing.returncode == 0, listing.stdout
     files = listing.stdout.split()

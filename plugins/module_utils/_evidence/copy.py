@@ -50,6 +50,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing i
     normalize_digest,
     read_source,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.space import allocated_bytes, free_bytes, image_need
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse import iter_extents, open_source, source_size
 
 MIB = 1024 * 1024
@@ -57,7 +58,6 @@ PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIX = ".partial.json"
 SIDECAR_FORMAT = 1
 CHECKPOINT_BYTES = 64 * MIB  # data written between two fdatasync + sidecar updates
-SPACE_MARGIN = 64 * MIB  # free space kept beyond the data to write (at least; 1% for large copies)
 PROGRESS_INTERVAL = 1.0  # seconds between two rewrites of the progress file
 DEFAULT_MODE = 0o640
 
@@ -103,11 +103,6 @@ def _unlink_quiet(path):
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
-
-
-def allocated_bytes(st):
-    """Bytes a file occupies on its filesystem (a block device: its whole size is data)."""
-    return st.st_blocks * 512
 
 
 def scan_extents(fd, size):
@@ -336,11 +331,6 @@ def _resume_point(sidecar, partial, src_identity, size):
     return upto
 
 
-def _free_bytes(folder):
-    vfs = os.statvfs(folder)
-    return vfs.f_bavail * vfs.f_frsize
-
-
 def _remove_failed_copy(partial, sidecar, folder):
     _unlink_quiet(sidecar)
     _unlink_quiet(partial)
@@ -412,7 +402,7 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
         size = source_size(fd, st)
         _check_destination(src, dest, st)
         data_bytes, hole_bytes = scan_extents(fd, size)
-        free = _free_bytes(folder)
+        free = free_bytes(folder)
         result = _result(src, dest, size, data_bytes, hole_bytes, free)
         if os.path.exists(dest):
             done = _compare_existing(fd, st, src, dest, algorithms, want, block_size, reporter, result, force)
@@ -426,15 +416,15 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
             reclaim = allocated_bytes(os.lstat(partial))
         except OSError:
             reclaim = 0
-        allocated = allocated_bytes(st) if stat.S_ISREG(st.st_mode) else size
-        margin = max(SPACE_MARGIN, allocated // 100)
-        if free + reclaim < allocated + margin:
+        allocated = allocated_bytes(st, size)
+        need = image_need(allocated)  # the space rule evidence_plan sums up (_evidence/space.py)
+        if free + reclaim < need:
             raise DestinationError(
                 "Not enough free space for a copy of %s in %s: %d bytes (%.1f MiB) are free, %d bytes (%.1f MiB) are "
                 "needed (the source's %d allocated bytes plus a margin of %d); nothing was written."
-                % (src, folder, free + reclaim, (free + reclaim) / float(MIB), allocated + margin,
-                   (allocated + margin) / float(MIB), allocated, margin),
-                failed_path=dest, free_bytes=free + reclaim, needed_bytes=allocated + margin)
+                % (src, folder, free + reclaim, (free + reclaim) / float(MIB), need, need / float(MIB), allocated,
+                   need - allocated),
+                failed_path=dest, free_bytes=free + reclaim, needed_bytes=need)
         result["resumed_from"] = resume
         result["changed"] = True
         if check_mode:

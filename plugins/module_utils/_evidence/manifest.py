@@ -24,10 +24,11 @@ import json
 import os
 import socket
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._case import check_case_id
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, ManifestError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import write_atomic
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import absolute
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import check_case_id, utc_now
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._version import COLLECTION, VERSION
 
 FORMAT = "dfir.vmcollect/manifest/1"

@@ -7,7 +7,27 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import os
+
+
+def missing_dirs(path):
+    """The folders that must be made for ``path`` to exist as a folder, outermost first (empty if it does).
+
+    Raises NotADirectoryError (``filename``: the path in the way) when something that is not a folder, or a
+    link to nothing, stands where a folder would have to be.
+    """
+    missing = []
+    cur = path
+    while not os.path.isdir(cur):
+        if os.path.lexists(cur):
+            raise NotADirectoryError(errno.ENOTDIR, "%s exists and is not a folder" % cur, cur)
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    return list(reversed(missing))
 
 
 def fsync_dir(path):

@@ -42,13 +42,15 @@ import re
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, write_atomic
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError, VmcollectError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs, write_atomic
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.names import check_iqn
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext, undo_handler
 
 # seconds an iSCSI request may wait for the target (userspace initiator) before it fails with EIO
 DEFAULT_REQUEST_TIMEOUT = 30
@@ -75,10 +77,18 @@ FILESYSTEMS = {
 }
 LABEL_MAX = {"ext4": 16, "ext3": 16, "ext2": 16, "xfs": 12}
 FORMAT_CHOICES = ("if_blank", "never", "force")
+# mount options that keep a read-only mount from replaying the journal (read_only, and loop_mount)
+NO_RECOVERY = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
+# qemu-storage-daemon --daemonize returns once it has logged in and exported the LUN: seconds, unless the
+# target does not answer; then the start is killed rather than left to retry forever
 QSD_START_TIMEOUT = 120.0
 QSD_STOP_TIMEOUT = 60.0
+# Generous but finite bounds for the slow commands (every other command: the runner's 120 s default or less).
+# mkfs on a blank multi-TiB LUN writes its metadata over the storage link (xfs and ext2/3 with no lazy init);
+# sync and umount of the evidence volume write back every dirty page of the acquisition at link speed.
+MKFS_TIMEOUT = 3600.0
+FLUSH_TIMEOUT = 3600.0
 DEVICE_TIMEOUT = 30.0
-_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s,]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
 _SECRET_MASK = "********"
 
 # Roots of the kernel's views, replaced by unit tests
@@ -87,26 +97,8 @@ SYS = "/sys"
 DEV = "/dev"
 
 
-class _Runner(object):
-    """Runs a command without a shell; returns (rc, stdout, stderr) as text."""
-
-    def __call__(self, argv, data=None, pass_fds=(), timeout=None):
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
-                                    close_fds=True)
-        except OSError as exc:
-            return 127, "", "%s: %s" % (argv[0], exc.strerror)
-        try:
-            out, err = proc.communicate(data.encode("utf-8") if data is not None else None, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            return -9, out.decode("utf-8", "replace"), "timed out after %.0f s" % timeout
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-
-RUNNER = _Runner()
+# the collection's command runner (bounded: every call has a timeout); unit tests replace it with a fake
+RUNNER = _runner.run
 _SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 
 
@@ -187,9 +179,7 @@ def validate(p):
         if not cfg.get(key):
             raise InvalidInputError("Option %s is required to attach (state=present)." % key)
     for key in ("target_iqn", "initiator_iqn"):
-        if not _IQN.match(cfg[key]):
-            raise InvalidInputError("%s %r is not an iSCSI name (iqn.YYYY-MM.reverse.domain[:name], eui. or naa.)."
-                                    % (key, cfg[key]))
+        check_iqn(cfg[key], key)
     cfg["portal_port"] = int(cfg.get("portal_port") or 3260)
     if not 0 < cfg["portal_port"] < 65536:
         raise InvalidInputError("portal_port %d is not a TCP port." % cfg["portal_port"])
@@ -228,6 +218,10 @@ def validate(p):
     cfg["format"] = cfg.get("format") or "if_blank"
     if cfg["format"] not in FORMAT_CHOICES:
         raise InvalidInputError("format must be one of %s." % ", ".join(FORMAT_CHOICES))
+    cfg["read_only"] = bool(cfg.get("read_only"))
+    if cfg["read_only"] and cfg["format"] == "force":
+        raise InvalidInputError("read_only=true attaches a LUN that already holds evidence and never formats it; it "
+                                "cannot go with format=force.")
     return cfg
 
 
@@ -299,17 +293,8 @@ def block_majmin(device):
     return "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
 
 
-def _cmdline(pid):
-    try:
-        with open(os.path.join(PROC, str(pid), "cmdline"), "rb") as f:
-            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-    except (IOError, OSError):
-        return None
-
-
 def _is_zombie(pid):
-    stat = _read(os.path.join(PROC, str(pid), "stat"), "")
-    return bool(stat) and stat.rpartition(")")[2].split()[:1] == ["Z"]
+    return procfs.is_zombie(pid, PROC)
 
 
 def _export_marker(export_id):
@@ -323,22 +308,7 @@ def _is_qsd_argv(argv, export_id):
 
 def is_our_qsd(pid, export_id):
     """Whether ``pid`` is the qemu-storage-daemon serving our export (never trust a bare pid file)."""
-    return _is_qsd_argv(_cmdline(pid), export_id)
-
-
-def _scan_proc(match):
-    """The pids, in /proc's order, of live processes whose argv (a list) satisfies ``match(argv)``."""
-    try:
-        entries = os.listdir(PROC)
-    except OSError:
-        return []
-    found = []
-    for entry in entries:
-        if entry.isdigit():
-            argv = _cmdline(int(entry))  # None when the process ended meanwhile
-            if argv and match(argv) and not _is_zombie(int(entry)):
-                found.append(int(entry))
-    return found
+    return _is_qsd_argv(procfs.read_cmdline(pid, PROC), export_id)
 
 
 def find_qsd(export_id, pid_file=None):
@@ -346,7 +316,7 @@ def find_qsd(export_id, pid_file=None):
     pid = _read(pid_file) if pid_file else None
     if pid and pid.isdigit() and is_our_qsd(int(pid), export_id) and not _is_zombie(int(pid)):
         return int(pid)
-    found = _scan_proc(lambda argv: _is_qsd_argv(argv, export_id))
+    found = procfs.find_pids(lambda argv: _is_qsd_argv(argv, export_id), PROC)
     return found[0] if found else None
 
 
@@ -377,11 +347,22 @@ def probe(device):
             "usage": info.get("USAGE"), "signatures": signatures}
 
 
-def decide_format(found, fs, label, mode):
-    """True to make a filesystem, False to mount what is there; raises for a LUN we must not touch."""
+def decide_format(found, fs, label, mode, read_only=False):
+    """True to make a filesystem, False to mount what is there; raises for a LUN we must not touch.
+
+    ``read_only`` (a LUN that already holds evidence) never formats: only our own filesystem is mounted.
+    """
     ours = found.get("type") == fs and found.get("label") == label
     if ours:
         return False
+    if read_only:
+        what = ("nothing (it is blank)" if found.get("blank") else
+                found.get("type") or ", ".join(found.get("signatures") or []) or "unknown data")
+        raise IscsiAttachError(
+            "The LUN carries %s%s, not the %s filesystem labelled %s that holds this collection's evidence; read_only "
+            "attaches only that and never formats. Check the target and LUN; nothing was written to it."
+            % (what, " labelled %s" % found["label"] if found.get("label") else "", fs, label),
+            found_type=found.get("type"), found_label=found.get("label"))
     if found.get("blank"):
         if mode == "never":
             raise IscsiAttachError("The LUN is blank and format=never; it has no filesystem to mount.")
@@ -397,7 +378,7 @@ def decide_format(found, fs, label, mode):
 
 
 def make_filesystem(device, fs, label):
-    rc, out, err = _run([_bin("mkfs.%s" % fs)] + FILESYSTEMS[fs] + ["-L", label, device], timeout=3600)
+    rc, out, err = _run([_bin("mkfs.%s" % fs)] + FILESYSTEMS[fs] + ["-L", label, device], timeout=MKFS_TIMEOUT)
     if rc != 0:
         raise IscsiAttachError("mkfs.%s on %s failed (exit %d): %s" % (fs, device, rc, (err or out).strip()),
                                device=device)
@@ -406,17 +387,10 @@ def make_filesystem(device, fs, label):
 # -- directories ----------------------------------------------------------------------------------
 
 def _missing_dirs(path):
-    missing = []
-    cur = path
-    while not os.path.isdir(cur):
-        if os.path.lexists(cur):
-            raise IscsiAttachError("%s exists and is not a folder." % cur, folder=cur)
-        missing.append(cur)
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            break
-        cur = parent
-    return list(reversed(missing))
+    try:
+        return missing_dirs(path)
+    except NotADirectoryError as exc:
+        raise IscsiAttachError("%s exists and is not a folder." % exc.filename, folder=exc.filename)
 
 
 def _make_dirs(journal, cfg, path, mode, module="iscsi_attach"):
@@ -434,17 +408,17 @@ def _make_dirs(journal, cfg, path, mode, module="iscsi_attach"):
 
 
 @undo_handler(ACTION_DIR)
-def _undo_dir(undo, check_mode):
+def _undo_dir(undo, ctx):
     path = undo["path"]
     if not os.path.isdir(path):
         return "%s was already gone" % path
     if mount_at(path):
-        if check_mode:  # the mount's own undo comes first
+        if ctx.check_mode:  # the mount's own undo comes first
             return "would remove the folder %s once it is unmounted" % path
         raise IscsiAttachError("%s is still a mountpoint; it is not removed." % path, folder=path)
     if os.listdir(path):
         return "left %s: it is not empty" % path
-    if check_mode:
+    if ctx.check_mode:
         return "would remove the folder %s" % path
     os.rmdir(path)
     return "removed the folder %s" % path
@@ -461,13 +435,16 @@ def qsd_argv(cfg, export_file, pid_file, secret_fd=None):
                 "initiator-name=%s" % qemu_opt(cfg["initiator_iqn"])]
     if cfg.get("timeout"):  # a request the target does not answer fails (EIO) instead of hanging the writer
         blockdev.append("timeout=%d" % cfg["timeout"])
+    if cfg.get("read_only"):  # QEMU opens the LUN read-only and refuses every write to it
+        blockdev.append("read-only=on")
     argv = [_bin("qemu-storage-daemon")]
     if cfg.get("chap_user"):
         argv += ["--object", "secret,id=%s-chap,file=/proc/self/fd/%d" % (att, secret_fd)]
         blockdev += ["user=%s" % qemu_opt(cfg["chap_user"]), "password-secret=%s-chap" % att]
     argv += ["--blockdev", ",".join(blockdev),
              "--export", "%s%s" % (_export_marker(att), ",".join([
-                 "node-name=%s-lun" % att, "mountpoint=%s" % qemu_opt(export_file), "writable=on"])),
+                 "node-name=%s-lun" % att, "mountpoint=%s" % qemu_opt(export_file),
+                 "writable=%s" % ("off" if cfg.get("read_only") else "on")])),
              "--pidfile", pid_file, "--daemonize"]
     return argv
 
@@ -483,10 +460,19 @@ def start_qsd(cfg, export_file, pid_file):
             os.write(w, cfg["chap_password"].encode("utf-8"))
             os.close(w)
         argv = qsd_argv(cfg, export_file, pid_file, fds[0] if fds else None)
-        rc, out, err = _run(argv, pass_fds=fds, timeout=QSD_START_TIMEOUT)
+        rc, out, err = _run(argv, pass_fds=fds, timeout=QSD_START_TIMEOUT, daemonizes=True)
     finally:
         for fd in fds:
             os.close(fd)
+    if rc == _runner.TIMED_OUT_RC:
+        # its foreground part was killed; the daemon it forked (a session of its own) may still try to log in
+        pid = find_qsd(cfg["attachment"], pid_file)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        raise IscsiAttachError("qemu-storage-daemon did not attach LUN %d of %s at %s within %.0f s and was killed%s. "
+                               "Is the portal reachable from this host, and does the target answer?"
+                               % (cfg["lun"], cfg["target_iqn"], portal_string(cfg["portal_address"], cfg["portal_port"]),
+                                  QSD_START_TIMEOUT, " (daemon %d too)" % pid if pid is not None else ""))
     if rc != 0:
         msg = _mask(err or out, _secrets(cfg))
         # QEMU repeats the whole --blockdev string; the reason follows the last ": "
@@ -502,13 +488,13 @@ def start_qsd(cfg, export_file, pid_file):
 
 
 @undo_handler(ACTION_QSD)
-def _undo_qsd(undo, check_mode):
+def _undo_qsd(undo, ctx):
     """Stop our qemu-storage-daemon (SIGTERM: it flushes and logs out), then make sure the FUSE mount is gone."""
     export_id, export_file = undo["export_id"], undo["export_file"]
     pid = find_qsd(export_id, undo.get("pid_file"))
     done = []
     if pid is not None:
-        if check_mode:
+        if ctx.check_mode:
             return "would stop qemu-storage-daemon %d (export %s)" % (pid, export_id)
         if os.path.exists(export_file):
             _fsync_path(export_file)
@@ -525,7 +511,7 @@ def _undo_qsd(undo, check_mode):
     stale = mount_at(export_file)
     if stale and stale["fstype"].startswith("fuse"):
         # the daemon died without unmounting its export (kill -9): the mount is dead, take it away
-        if check_mode:
+        if ctx.check_mode:
             return "would unmount the dead FUSE export %s" % export_file
         rc, out, err = _run([_bin("umount"), export_file], timeout=60)
         if rc != 0:
@@ -534,7 +520,7 @@ def _undo_qsd(undo, check_mode):
     pid_file = undo.get("pid_file")
     if pid_file and os.path.lexists(pid_file):
         # QEMU removes its pid file when it exits cleanly, not when it is killed
-        if check_mode:
+        if ctx.check_mode:
             return "would remove the stale pid file %s" % pid_file
         os.unlink(pid_file)
         done.append("removed the stale pid file %s" % pid_file)
@@ -631,7 +617,7 @@ def proc_net_address(address, port):
 
 def watchdog_pids(export_id):
     """Running watchdogs of ``export_id`` (argv: python3 -c SOURCE marker export_id ...)."""
-    return _scan_proc(lambda argv: argv[3:5] == [WATCHDOG_MARKER, export_id])
+    return procfs.find_pids(lambda argv: argv[3:5] == [WATCHDOG_MARKER, export_id], PROC)
 
 
 def start_watchdog(cfg, qsd_pid, note_file):
@@ -639,17 +625,16 @@ def start_watchdog(cfg, qsd_pid, note_file):
     # the interpreter running this module (the host's pinned python3), not whatever python3 PATH finds first
     argv = [sys.executable or _bin("python3"), "-c", WATCHDOG_SOURCE, WATCHDOG_MARKER, cfg["attachment"], str(qsd_pid),
             proc_net_address(cfg["portal_address"], cfg["portal_port"]), str(cfg["timeout"]), note_file]
-    with open(os.devnull, "r+b") as null:
-        proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, start_new_session=True)
-    return proc.pid
+    # not waited for: the watchdog runs until its daemon ends (spawn returns once the program is executed)
+    return _runner.spawn(argv)
 
 
 @undo_handler(ACTION_WATCHDOG)
-def _undo_watchdog(undo, check_mode):
+def _undo_watchdog(undo, ctx):
     pids = watchdog_pids(undo["export_id"])
     if not pids:
         return "the link watchdog of %s was not running" % undo["export_id"]
-    if check_mode:
+    if ctx.check_mode:
         return "would stop the link watchdog %s" % ", ".join(map(str, pids))
     for pid in pids:
         try:
@@ -671,22 +656,24 @@ def link_lost(cfg):
 
 # -- loop device ----------------------------------------------------------------------------------
 
-def attach_loop(export_file):
+def attach_loop(export_file, read_only=False):
     # no --direct-io: measured on this platform (QEMU 7.2 FUSE export, kernel 6.x), mkfs.ext4 through a
     # direct-I/O loop over the export wrote a filesystem that e2fsck finds corrupt; buffered is sound.
-    rc, out, err = _run([_bin("losetup"), "--find", "--show", export_file], timeout=60)
+    # --read-only: the kernel refuses every write to the device, whatever the filesystem tries
+    rc, out, err = _run([_bin("losetup")] + (["--read-only"] if read_only else []) + ["--find", "--show", export_file],
+                        timeout=60)
     if rc != 0 or not out.strip():
         raise IscsiAttachError("losetup could not attach %s (exit %d): %s" % (export_file, rc, err.strip()))
     return out.strip()
 
 
 @undo_handler(ACTION_LOOP)
-def _undo_loop(undo, check_mode):
+def _undo_loop(undo, ctx):
     """Flush and detach every loop device backed by our export file (none if losetup never ran)."""
     loops = loops_backed_by(undo["export_file"])
     if not loops:
         return "no loop device was attached to %s" % undo["export_file"]
-    if check_mode:
+    if ctx.check_mode:
         return "would detach %s" % ", ".join(lo["device"] for lo in loops)
     for lo in loops:
         for m in mounts():
@@ -720,15 +707,37 @@ def _ours_mounted(undo):
     return (m if m["majmin"] in wanted else None), m
 
 
-def mount_device(device, mountpoint, fs):
-    rc, out, err = _run([_bin("mount"), "-t", fs, device, mountpoint], timeout=600)
+def set_read_only(device):
+    """Make the kernel refuse every write to a block device (``blockdev --setro``), and check it did."""
+    rc, out, err = _run([_bin("blockdev"), "--setro", device], timeout=60)
+    if rc == 0:
+        rc, out, err = _run([_bin("blockdev"), "--getro", device], timeout=60)
+        if rc == 0 and out.strip() != "1":
+            rc, err = 1, "it still reports read-write"
+    if rc != 0:
+        raise IscsiAttachError("%s cannot be made read-only (blockdev exit %d): %s; it is not mounted."
+                               % (device, rc, err.strip()), device=device)
+
+
+def read_only_options(fs):
+    """Mount options that write nothing: ``ro`` and no journal replay (ext3/ext4 ``noload``, xfs ``norecovery``).
+
+    A read-only ext4 mount without ``noload`` still replays a dirty journal; a read-write one writes the
+    superblock (mount count, times) even if nothing else is written.
+    """
+    return "ro," + NO_RECOVERY[fs] if fs in NO_RECOVERY else "ro"
+
+
+def mount_device(device, mountpoint, fs, read_only=False):
+    rc, out, err = _run([_bin("mount"), "-t", fs] + (["-o", read_only_options(fs)] if read_only else [])
+                        + [device, mountpoint], timeout=600)
     if rc != 0:
         raise IscsiAttachError("mount of %s on %s failed (exit %d): %s" % (device, mountpoint, rc, err.strip()),
                                device=device)
 
 
 @undo_handler(ACTION_MOUNT)
-def _undo_mount(undo, check_mode):
+def _undo_mount(undo, ctx):
     """Flush and unmount the LUN's filesystem (never a lazy unmount: what is written must be on the target)."""
     ours, found = _ours_mounted(undo)
     mp = undo["mountpoint"]
@@ -736,10 +745,10 @@ def _undo_mount(undo, check_mode):
         if found is not None:
             return "%s is mounted from something that is not this attachment (%s); left alone" % (mp, found["source"])
         return "%s was not mounted" % mp
-    if check_mode:
+    if ctx.check_mode:
         return "would unmount %s" % mp
-    _run([_bin("sync"), "-f", mp], timeout=3600)
-    rc, out, err = _run([_bin("umount"), mp], timeout=3600)
+    _run([_bin("sync"), "-f", mp], timeout=FLUSH_TIMEOUT)
+    rc, out, err = _run([_bin("umount"), mp], timeout=FLUSH_TIMEOUT)
     if rc != 0:
         raise IscsiAttachError("%s cannot be unmounted: %s. Something still uses it (see fuser -vm %s); stop it and "
                                "detach again." % (mp, err.strip(), mp), mountpoint=mp)
@@ -764,10 +773,10 @@ def iface_exists(iface):
 
 
 @undo_handler(ACTION_IFACE)
-def _undo_iface(undo, check_mode):
+def _undo_iface(undo, ctx):
     if not iface_exists(undo["iface"]):
         return "iface %s was already gone" % undo["iface"]
-    if check_mode:
+    if ctx.check_mode:
         return "would delete iface %s" % undo["iface"]
     rc, out, err = _iscsiadm(["-m", "iface", "-I", undo["iface"], "-o", "delete"])
     if rc != 0:
@@ -785,10 +794,10 @@ def node_exists(undo):
 
 
 @undo_handler(ACTION_NODE)
-def _undo_node(undo, check_mode):
+def _undo_node(undo, ctx):
     if not node_exists(undo):
         return "node record %s %s (iface %s) was already gone" % (undo["target_iqn"], undo["portal"], undo["iface"])
-    if check_mode:
+    if ctx.check_mode:
         return "would delete the node record %s %s (iface %s)" % (undo["target_iqn"], undo["portal"], undo["iface"])
     rc, out, err = _iscsiadm(_node_args(undo) + ["-o", "delete"])
     if rc != 0:
@@ -812,10 +821,10 @@ def session_exists(undo):
 
 
 @undo_handler(ACTION_SESSION)
-def _undo_session(undo, check_mode):
+def _undo_session(undo, ctx):
     if not session_exists(undo):
         return "no session to %s was logged in" % undo["target_iqn"]
-    if check_mode:
+    if ctx.check_mode:
         return "would log out of %s" % undo["target_iqn"]
     device = undo.get("device")
     if device and os.path.exists(device):
@@ -908,37 +917,45 @@ def _records(journal, attachment):
     return [r for r in journal.pending() if r.get("undo", {}).get("attachment") == attachment]
 
 
-def _undo_records(journal, records, check_mode=False):
-    """Undo records (newest first) through their handlers; marks each undone."""
-    from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS
-    results = []
-    for rec in sorted(records, key=lambda r: r["seq"], reverse=True):
-        result = UNDO_HANDLERS[rec["action"]](rec["undo"], check_mode)
-        if not check_mode:
-            journal.mark_undone(rec["id"], result)
-        results.append({"action": rec["action"], "description": rec["description"], "result": result})
-    return results
+def _rollback(journal, attachment, exc, what):
+    """After a failed attach (or loop_mount), whatever failed: take back what this attempt made (the
+    attachment's journal records, through ``Journal.replay``), then raise.
 
-
-def _rollback(journal, attachment, error):
-    """After a failed attach: take back what this attempt made, then re-raise ``error`` (with what was undone)."""
+    The collection's errors keep their kind; any other exception (an OSError, a bug) becomes an
+    IscsiAttachError that names it, ``what`` saying what was being done. Both carry what was undone
+    (``rolled_back``) or why taking it back failed too (``rollback_error``). KeyboardInterrupt and
+    SystemExit are re-raised as they are, after the rollback.
+    """
+    error = exc
+    if isinstance(exc, Exception) and not isinstance(exc, VmcollectError):
+        error = IscsiAttachError("%s failed: %s: %s." % (what, type(exc).__name__, str(exc).rstrip(".")),
+                                 error_type=type(exc).__name__)
     try:
-        undone = _undo_records(journal, _records(journal, attachment))
-    except Exception as exc:  # pylint: disable=broad-except
-        error.details["rollback_error"] = str(exc)
-        error.message += (" Taking back what was attached also failed (%s); run dfir.vmcollect.teardown for the case."
-                          % exc)
-        error.args = (error.message,)
+        undone = journal.replay(_records(journal, attachment), UndoContext())
+    except Exception as rb_exc:  # pylint: disable=broad-except
+        if isinstance(error, VmcollectError):
+            error.details["rollback_error"] = str(rb_exc)
+            error.message += (" Taking back what was attached also failed (%s); run dfir.vmcollect.teardown for the "
+                              "case." % rb_exc)
+            error.args = (error.message,)
         raise error
-    error.details["rolled_back"] = [u["result"] for u in undone]
+    if isinstance(error, VmcollectError):
+        error.details["rolled_back"] = [u["result"] for u in undone]
+        if error is not exc:
+            error.message += " What this attempt had made was taken back; fix the cause and run it again."
+            error.args = (error.message,)
     raise error
+
+
+def _attaching(cfg):
+    return "Attaching LUN %s of %s on %s" % (cfg["lun"], cfg["target_iqn"], cfg["mountpoint"])
 
 
 def _result_base(cfg):
     res = {"initiator": cfg["initiator"], "mountpoint": cfg["mountpoint"], "filesystem": cfg.get("filesystem"),
            "filesystem_label": cfg.get("filesystem_label"), "attachment": cfg["attachment"], "device": None,
            "formatted": False, "size_bytes": None, "free_bytes": None, "lun_size_bytes": None,
-           "qsd_pid": None, "export_file": None, "session": None, "plan": []}
+           "qsd_pid": None, "export_file": None, "session": None, "read_only": cfg.get("read_only", False), "plan": []}
     return res
 
 
@@ -1007,6 +1024,12 @@ def attach(journal, params, check_mode=False):
                 "The mountpoint %s already holds LUN %s of %s at %s for this case; detach it (state=absent) before "
                 "attaching another LUN there." % (cfg["mountpoint"], undo.get("lun"), undo.get("target_iqn"), undo.get("portal")),
                 mountpoint=cfg["mountpoint"])
+        if undo and bool(undo.get("read_only")) != cfg["read_only"]:
+            raise IscsiAttachError(
+                "The mountpoint %s holds LUN %s of %s %s for this case; detach it (state=absent) before attaching it "
+                "%s." % (cfg["mountpoint"], undo.get("lun"), undo.get("target_iqn"),
+                         "read-only" if undo.get("read_only") else "read-write",
+                         "read-only" if cfg["read_only"] else "read-write"), mountpoint=cfg["mountpoint"])
         if cfg["initiator"] == "userspace":
             live = _inspect_userspace(cfg)
         else:
@@ -1022,10 +1045,9 @@ def attach(journal, params, check_mode=False):
             res["plan"] = ["already attached and mounted"]
             return res
         res["plan"].append("take back the half-made attachment left by an earlier run")
+        undone = journal.replay(records, UndoContext(check_mode))
         if check_mode:
-            res["plan"].extend(r for r in (u["result"] for u in _undo_records(journal, records, check_mode=True)))
-        else:
-            _undo_records(journal, records)
+            res["plan"].extend(u["result"] for u in undone)
     _check_mountpoint(cfg["mountpoint"])
     if cfg["initiator"] == "userspace":
         return _attach_userspace(journal, cfg, res, check_mode)
@@ -1042,14 +1064,16 @@ def _device_size(device):
 
 def _format_and_mount(journal, cfg, res, device, mount_undo):
     found = probe(device)
-    fmt = decide_format(found, cfg["filesystem"], cfg["filesystem_label"], cfg["format"])
+    fmt = decide_format(found, cfg["filesystem"], cfg["filesystem_label"], cfg["format"], cfg["read_only"])
     if fmt:
         make_filesystem(device, cfg["filesystem"], cfg["filesystem_label"])
     res["formatted"] = fmt
     _make_dirs(journal, cfg, cfg["mountpoint"], 0o755)
-    rec = journal.record_change(ACTION_MOUNT, dict(mount_undo, attachment=cfg["attachment"], mountpoint=cfg["mountpoint"]),
-                                "mount %s on %s" % (device, cfg["mountpoint"]), module="iscsi_attach")
-    mount_device(device, cfg["mountpoint"], cfg["filesystem"])
+    rec = journal.record_change(ACTION_MOUNT, dict(mount_undo, attachment=cfg["attachment"], mountpoint=cfg["mountpoint"],
+                                                   read_only=cfg["read_only"]),
+                                "mount %s%s on %s" % (device, " read-only" if cfg["read_only"] else "", cfg["mountpoint"]),
+                                module="iscsi_attach")
+    mount_device(device, cfg["mountpoint"], cfg["filesystem"], cfg["read_only"])
     if fmt:
         # QEMU (user libvirt-qemu) writes into subfolders the role creates: the root stays root's, 0755
         os.chown(cfg["mountpoint"], 0, 0)
@@ -1058,23 +1082,32 @@ def _format_and_mount(journal, cfg, res, device, mount_undo):
     res.update(device=device, lun_size_bytes=_device_size(device), **_fs_facts(cfg["mountpoint"]))
 
 
+def _filesystem_plan(cfg, lun):
+    """The last two steps of the plan: the filesystem rule and the mount."""
+    if cfg["read_only"]:
+        return ["check that %s carries the %s filesystem labelled %s (read_only: it is never formatted)"
+                % (lun, cfg["filesystem"], cfg["filesystem_label"]),
+                "mount it read-only (%s: no journal replay, nothing written) on %s"
+                % (read_only_options(cfg["filesystem"]), cfg["mountpoint"])]
+    return ["make an %s filesystem labelled %s if %s is blank (format=%s)"
+            % (cfg["filesystem"], cfg["filesystem_label"], lun, cfg["format"]),
+            "mount it on %s" % cfg["mountpoint"]]
+
+
 def _attach_userspace(journal, cfg, res, check_mode):
     export_file, pid_file, note_file = _userspace_paths(cfg)
     res["export_file"] = export_file
-    for prog in ("qemu-storage-daemon", "losetup", "blkid", "wipefs", "mkfs.%s" % cfg["filesystem"], "mount",
-                 "umount", "blockdev", "sync"):
+    for prog in ("qemu-storage-daemon", "losetup", "blkid", "wipefs", "mount", "umount", "blockdev", "sync") + (
+            () if cfg["read_only"] else ("mkfs.%s" % cfg["filesystem"],)):
         _bin(prog)
     portal = portal_string(cfg["portal_address"], cfg["portal_port"])
     res["plan"] += [
-        "start qemu-storage-daemon: log in to %s at %s as %s%s, export LUN %d as %s"
+        "start qemu-storage-daemon: log in to %s at %s as %s%s, export LUN %d%s as %s"
         % (cfg["target_iqn"], portal, cfg["initiator_iqn"], " with CHAP user %s" % cfg["chap_user"] if cfg.get("chap_user") else "",
-           cfg["lun"], export_file),
+           cfg["lun"], " read-only" if cfg["read_only"] else "", export_file),
         "start its link watchdog (stops it after %d s without a connection, so writes fail instead of hanging)"
         % cfg["timeout"] if cfg["timeout"] else "no link watchdog (timeout=0: a lost link hangs every write)",
-        "attach a loop device to the export",
-        "make an %s filesystem labelled %s if the LUN is blank (format=%s)"
-        % (cfg["filesystem"], cfg["filesystem_label"], cfg["format"]),
-        "mount it on %s" % cfg["mountpoint"]]
+        "attach a %sloop device to the export" % ("read-only " if cfg["read_only"] else "")] + _filesystem_plan(cfg, "the LUN")
     if check_mode:
         res.update(changed=True, formatted=None)
         return res
@@ -1089,7 +1122,8 @@ def _attach_userspace(journal, cfg, res, check_mode):
         journal.mark_applied(rec)
         rec = journal.record_change(
             ACTION_QSD, {"attachment": cfg["attachment"], "export_id": cfg["attachment"], "export_file": export_file,
-                         "pid_file": pid_file, "target_iqn": cfg["target_iqn"], "lun": cfg["lun"], "portal": portal},
+                         "pid_file": pid_file, "target_iqn": cfg["target_iqn"], "lun": cfg["lun"], "portal": portal,
+                         "read_only": cfg["read_only"]},
             "start qemu-storage-daemon for LUN %d of %s at %s, exported as %s"
             % (cfg["lun"], cfg["target_iqn"], portal, export_file), module="iscsi_attach")
         pid = start_qsd(cfg, export_file, pid_file)
@@ -1106,12 +1140,13 @@ def _attach_userspace(journal, cfg, res, check_mode):
                 % (pid, cfg["timeout"], portal), module="iscsi_attach")
             journal.mark_applied(rec, pid=start_watchdog(cfg, pid, note_file))
         rec = journal.record_change(ACTION_LOOP, {"attachment": cfg["attachment"], "export_file": export_file},
-                                    "attach a loop device to %s" % export_file, module="iscsi_attach")
-        device = attach_loop(export_file)
+                                    "attach a %sloop device to %s" % ("read-only " if cfg["read_only"] else "", export_file),
+                                    module="iscsi_attach")
+        device = attach_loop(export_file, cfg["read_only"])
         journal.mark_applied(rec, device=device)
         _format_and_mount(journal, cfg, res, device, {"export_file": export_file})
-    except IscsiAttachError as exc:
-        _rollback(journal, cfg["attachment"], exc)
+    except BaseException as exc:  # pylint: disable=broad-except
+        _rollback(journal, cfg["attachment"], exc, _attaching(cfg))
     res["changed"] = True
     return res
 
@@ -1124,15 +1159,15 @@ def _session_facts(undo, device):
 def _attach_open_iscsi(journal, cfg, res, check_mode):
     iface = cfg["attachment"]
     portal = portal_string(cfg["portal_address"], cfg["portal_port"])
-    for prog in ("iscsiadm", "blkid", "wipefs", "mkfs.%s" % cfg["filesystem"], "mount", "umount", "blockdev", "sync"):
+    for prog in ("iscsiadm", "blkid", "wipefs", "mount", "umount", "blockdev", "sync") + (
+            () if cfg["read_only"] else ("mkfs.%s" % cfg["filesystem"],)):
         _bin(prog)
     res["plan"] += [
         "create the iface %s with initiator name %s" % (iface, cfg["initiator_iqn"]),
         "discover %s at %s through it (SendTargets, nothing stored)" % (cfg["target_iqn"], portal),
-        "create its node record%s and log in" % (" with CHAP user %s" % cfg["chap_user"] if cfg.get("chap_user") else ""),
-        "make an %s filesystem labelled %s on LUN %d if it is blank (format=%s)"
-        % (cfg["filesystem"], cfg["filesystem_label"], cfg["lun"], cfg["format"]),
-        "mount it on %s" % cfg["mountpoint"]]
+        "create its node record%s and log in%s"
+        % (" with CHAP user %s" % cfg["chap_user"] if cfg.get("chap_user") else "",
+           ", then make the LUN's disk read-only" if cfg["read_only"] else "")] + _filesystem_plan(cfg, "LUN %d" % cfg["lun"])
     if check_mode:
         res.update(changed=True, formatted=None)
         return res
@@ -1141,7 +1176,7 @@ def _attach_open_iscsi(journal, cfg, res, check_mode):
                                "ours to change." % iface, iface=iface)
     secrets = _secrets(cfg)
     base = {"attachment": cfg["attachment"], "iface": iface, "target_iqn": cfg["target_iqn"], "portal": portal,
-            "lun": cfg["lun"]}
+            "lun": cfg["lun"], "read_only": cfg["read_only"]}
     try:
         rec = journal.record_change(ACTION_IFACE, base, "create the open-iscsi iface %s" % iface, module="iscsi_attach")
         rc, out, err = _iscsiadm(["-m", "iface", "-I", iface, "-o", "new"])
@@ -1188,9 +1223,11 @@ def _attach_open_iscsi(journal, cfg, res, check_mode):
         link, device = wait_for_lun_device(cfg, portal)
         journal.mark_applied(rec, device=link)
         res["session"] = _session_facts(base, link)
+        if cfg["read_only"]:  # before anything reads or mounts it; the flag goes with the disk at logout
+            set_read_only(device)
         _format_and_mount(journal, cfg, res, device, {"device": device, "majmin": block_majmin(device)})
-    except IscsiAttachError as exc:
-        _rollback(journal, cfg["attachment"], exc)
+    except BaseException as exc:  # pylint: disable=broad-except
+        _rollback(journal, cfg["attachment"], exc, _attaching(cfg))
     res["changed"] = True
     return res
 
@@ -1205,7 +1242,7 @@ def detach(journal, params, check_mode=False):
         res["plan"] = ["nothing of this case is attached at %s" % cfg["mountpoint"]]
         return res
     lost = link_lost(cfg)  # read before the undo removes the note
-    res["undone"] = _undo_records(journal, records, check_mode=check_mode)
+    res["undone"] = journal.replay(records, UndoContext(check_mode))
     res["plan"] = [u["result"] for u in res["undone"]]
     if lost:
         res["link_lost"] = lost

@@ -20,23 +20,25 @@ __metaclass__ = type
 import os
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.initiator import (
     ACTION_LOOP,
     ACTION_MOUNT,
+    NO_RECOVERY,
     _bin,
     _make_dirs,
     _missing_dirs,
     _records,
+    _rollback,
     _run,
-    _undo_records,
     attachment_id,
     loops_backed_by,
     mount_at,
     probe,
+    read_only_options,
 )
 
 MODULE = "loop_mount"
-NO_RECOVERY = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
 
 
 def _config(case_id, image, mountpoint):
@@ -94,14 +96,14 @@ def mount_readonly(journal, case_id, image, mountpoint, check_mode=False):
         rec = journal.record_change(ACTION_MOUNT, {"attachment": cfg["attachment"], "mountpoint": cfg["mountpoint"],
                                                    "export_file": cfg["image"]},
                                     "mount %s read-only on %s" % (device, cfg["mountpoint"]), module=MODULE)
-        rc, out, err = _run([_bin("mount"), "-t", fs, "-o", "ro," + NO_RECOVERY[fs], device, cfg["mountpoint"]],
+        rc, out, err = _run([_bin("mount"), "-t", fs, "-o", read_only_options(fs), device, cfg["mountpoint"]],
                             timeout=600)
         if rc != 0:
             raise IscsiAttachError("mount of %s on %s failed (exit %d): %s" % (device, cfg["mountpoint"], rc, err.strip()))
         journal.mark_applied(rec)
-    except Exception:
-        _undo_records(journal, _records(journal, cfg["attachment"]))  # take back what this attempt made
-        raise
+    except BaseException as exc:  # pylint: disable=broad-except
+        # take back what this attempt made, then raise (any other exception as an IscsiAttachError)
+        _rollback(journal, cfg["attachment"], exc, "Mounting %s read-only on %s" % (cfg["image"], cfg["mountpoint"]))
     res.update(device=device, filesystem=fs,
                msg="Mounted %s read-only (%s, %s) on %s." % (cfg["image"], device, fs, cfg["mountpoint"]))
     return res
@@ -111,7 +113,7 @@ def unmount(journal, case_id, image, mountpoint, check_mode=False):
     """Undo what mount_readonly did for this image and mountpoint; returns the result dict."""
     cfg = _config(case_id, image, mountpoint)
     records = _records(journal, cfg["attachment"])
-    undone = _undo_records(journal, records, check_mode)
+    undone = journal.replay(records, UndoContext(check_mode))
     return {"changed": bool(records), "image": cfg["image"], "mountpoint": cfg["mountpoint"], "undone": undone,
             "msg": ("Unmounted %s and detached its loop device." % cfg["mountpoint"]) if records
             else "%s was not mounted by this collection." % cfg["mountpoint"]}

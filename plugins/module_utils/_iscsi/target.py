@@ -31,20 +31,24 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.procfs import fd_targets, pids as _pids, read_cmdline
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.names import check_iqn, derive_iqn
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext, undo_handler
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import tgt as _tgt
 
-IQN_PREFIX = "iqn.2026-11.io.dfir.vmcollect"
 LUN = 1
 PIDFILE_PREFIX = "dfir-vmcollect."
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 START_TIMEOUT = 10.0
+# tgtd's foreground part only parses its options and forks; a start that takes longer is stuck
+DAEMON_FORK_TIMEOUT = 30.0
+# apt-get install/purge may download from a slow mirror and run maintainer scripts
+APT_TIMEOUT = 900.0
 STOP_TIMEOUT = 15.0
 MODULE = "setup_iscsi_target"
 
@@ -61,18 +65,13 @@ A_READONLY = "tgt.lun_readonly"
 TARGET_ACTIONS = (A_ACL, A_READONLY, A_LUN, A_BINDING, A_ACCOUNT, A_TARGET, A_FIREWALL, A_BACKING)
 
 _UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
-_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[^\s,]+)?|eui\.[0-9a-f]{16}|naa\.[0-9a-f]{16,32})$")
 
 
 # -- external commands (one place, so unit tests can replace it) -------------------------------
 
-def run(argv, data=None, env=None):
-    """Run a command without a shell; returns (rc, stdout, stderr) as text."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-                            env=dict(os.environ, **(env or {})))
-    out, err = proc.communicate(data.encode("utf-8") if data is not None else None)
-    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+def run(argv, data=None, env=None, timeout=_runner.DEFAULT_TIMEOUT):
+    """Run a command without a shell (``_host.runner``, bounded by ``timeout``); returns (rc, stdout, stderr)."""
+    return _runner.run(argv, data=data, env=env, timeout=timeout)
 
 
 def which(name):
@@ -98,25 +97,6 @@ def parse_size(value):
     if size <= 0 or size % 512:
         raise InvalidInputError("The size %s (%d bytes) must be a positive multiple of 512 bytes." % (value, size))
     return size
-
-
-def derive_iqn(case_id, target_name=None):
-    """iqn.2026-11.io.dfir.vmcollect:<case id, lowercased>[:<target name>]."""
-    def clean(text):
-        return re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.") or "x"
-
-    iqn = "%s:%s" % (IQN_PREFIX, clean(case_id))
-    if target_name:
-        iqn += ":" + clean(target_name)
-    return check_iqn(iqn, "target_iqn")
-
-
-def check_iqn(iqn, option):
-    if not iqn or len(iqn) > 223 or not _IQN.match(iqn):
-        raise InvalidInputError("%s %r is not an iSCSI name; use iqn.YYYY-MM.reversed.domain[:anything] (lowercase, "
-                                "no spaces or commas, at most 223 characters), eui.<16 hex> or naa.<hex>."
-                                % (option, iqn))
-    return iqn
 
 
 def _address(text, option):
@@ -217,14 +197,6 @@ def _check_secret(secret, option):
 
 # -- the host: processes, listeners, firewall -----------------------------------------------------
 
-def read_cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0")[:-1]]
-    except (IOError, OSError):
-        return None
-
-
 def daemon_argv(tgtd, spec):
     return [tgtd, "-C", str(spec["control_port"]), "--iscsi",
             "portal=%s" % portal_text(spec["portal_address"], spec["portal_port"]),
@@ -276,19 +248,11 @@ def listeners(port):
                 found.append({"address": _hex_address(addr, version), "inode": fields[9], "pid": None, "argv": None})
     if found:
         wanted = dict(("socket:[%s]" % f["inode"], f) for f in found)
-        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-            try:
-                fds = os.listdir("/proc/%s/fd" % pid)
-            except (IOError, OSError):
-                continue
-            for fd in fds:
-                try:
-                    target = os.readlink("/proc/%s/fd/%s" % (pid, fd))
-                except (IOError, OSError):
-                    continue
+        for pid in _pids():
+            for target in fd_targets(pid):
                 if target in wanted and wanted[target]["pid"] is None:
-                    wanted[target]["pid"] = int(pid)
-                    wanted[target]["argv"] = read_cmdline(int(pid))
+                    wanted[target]["pid"] = pid
+                    wanted[target]["argv"] = read_cmdline(pid)
     return found
 
 
@@ -337,7 +301,7 @@ def firewall_state(name, nft="nft"):
     """The table's rule as dict(daddr, dport, allowed), {} for a table without our rule, None if missing."""
     rc, out, err = run([nft, "-j", "list", "table", "inet", name])
     if rc:
-        if "No such file or directory" in err:
+        if rc == 1 and "No such file or directory" in err:  # not 127: nft itself missing
             return None
         raise IscsiTargetError("nft cannot list the table inet %s: %s" % (name, err.strip()), table=name)
     state = {}
@@ -692,14 +656,12 @@ def start_daemon(argv, spec):
     tgtd 1.0.85 does not fail when its portal cannot be bound: it falls back to 0.0.0.0:3260 and
     [::]:3260. So the listeners are checked, and a tgtd that is not where it should be is stopped.
     """
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                                close_fds=True, cwd="/", start_new_session=True)
-        rc = proc.wait()
-        errors.seek(0)
-        message = errors.read().decode("utf-8", "replace").strip()
+    rc, out, err = _runner.run(argv, timeout=DAEMON_FORK_TIMEOUT, daemonizes=True)
+    if rc == _runner.TIMED_OUT_RC:
+        raise IscsiTargetError("tgtd did not go into the background within %.0f s (it normally does at once) and was "
+                               "killed; nothing listens on control port %d." % (DAEMON_FORK_TIMEOUT, spec["control_port"]))
     if rc:
-        raise IscsiTargetError("tgtd did not start (exit %d): %s" % (rc, message or "no message"))
+        raise IscsiTargetError("tgtd did not start (exit %d): %s" % (rc, (err or out).strip() or "no message"))
     client = _tgt.TgtClient(spec["control_port"])
     deadline = time.time() + START_TIMEOUT
     pid = None
@@ -730,7 +692,7 @@ def _stop(client, pid):
     client.stop()
     deadline = time.time() + STOP_TIMEOUT
     while time.time() < deadline:
-        if not os.path.exists("/proc/%d" % pid) or (read_cmdline(pid) or [None])[0] is None:
+        if not read_cmdline(pid):  # gone (None), or a zombie ([])
             return
         time.sleep(0.05)
     raise IscsiTargetError("tgtd pid %d did not exit within %d s after it was asked to." % (pid, STOP_TIMEOUT))
@@ -761,16 +723,15 @@ def install_tgt(steps):
     try:
         def install():
             code, sout, serr = run(["apt-get", "-y", "--no-install-recommends", "install", "tgt"],
-                                   env={"DEBIAN_FRONTEND": "noninteractive"})
+                                   env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=APT_TIMEOUT)
             if code:
                 raise IscsiTargetError("apt-get install tgt failed: %s" % (serr or sout).strip()[-2000:])
             return {"packages": packages}
         steps.change(A_PACKAGES, {"packages": packages}, "install the package(s) %s" % ", ".join(packages or ["tgt"]),
                      install)
     finally:
-        if guard_id:
-            os.unlink(POLICY_RC_D)
-            steps.journal.mark_undone(guard_id, "removed %s after the install" % POLICY_RC_D)
+        if guard_id:  # the guard goes through its file.created handler, marked undone
+            steps.journal.replay([r for r in steps.journal.pending() if r["id"] == guard_id], UndoContext())
 
 
 # -- readonly and absent ------------------------------------------------------------------------
@@ -839,24 +800,14 @@ def absent(journal, spec, check_mode=False):
     if not others:
         mine.extend(journal.find(A_DAEMON, control_port=spec["control_port"]))
     kept = None
-    for rec in sorted(mine, key=lambda r: r["seq"], reverse=True):
-        undo = rec["undo"]
+    for i, rec in enumerate(mine):
         if rec["action"] == A_BACKING:
-            kept = undo["path"]
-            undo = dict(undo, remove=spec["remove_backing_file"])
-        _replay(journal, steps, rec, undo)
+            kept = rec["undo"]["path"]
+            mine[i] = dict(rec, undo=dict(rec["undo"], remove=spec["remove_backing_file"]))
+    undone = journal.replay(mine, UndoContext(steps.check_mode))
+    steps.done.extend(("would: " if steps.check_mode else "") + u["result"] for u in undone)
     return _result(dict(spec, backing_file=kept or spec.get("backing_file")), steps, before, {}, tid=None,
                    readonly=None, tgtd_pid=None, thin=None, portal=_portal_of(daemon))
-
-
-def _replay(journal, steps, rec, undo):
-    handler = UNDO[rec["action"]]
-    if steps.check_mode:
-        steps.done.append("would: " + handler(undo, True))
-        return
-    result = handler(undo, False)
-    journal.mark_undone(rec["id"], result)
-    steps.done.append(result)
 
 
 # -- undo handlers ------------------------------------------------------------------------------
@@ -879,7 +830,7 @@ def _gone(undo, what):
 
 
 @undo_handler(A_ACL)
-def undo_acl(undo, check_mode):
+def undo_acl(undo, ctx):
     what = "initiator %s on target %s" % (undo["initiator_iqn"], undo["target_iqn"])
     client = _client_for(undo)
     if client is None:
@@ -887,21 +838,21 @@ def undo_acl(undo, check_mode):
     target = _target_alive(client, undo)
     if target is None or undo["initiator_iqn"] not in target["acls"]:
         return "%s: was not allowed" % what
-    if check_mode:
+    if ctx.check_mode:
         return "would remove the %s" % what
     client.unbind_initiator_name(target["tid"], undo["initiator_iqn"])
     return "removed the %s" % what
 
 
 @undo_handler(A_READONLY)
-def undo_readonly(undo, check_mode):
+def undo_readonly(undo, ctx):
     # never made writable again: the LUN goes with its target (an earlier record), the evidence stays read-only
     return "LUN %d of target %s left read-only (it is removed with the target; evidence is never made writable " \
            "again)" % (undo["lun"], undo["target_iqn"])
 
 
 @undo_handler(A_LUN)
-def undo_lun(undo, check_mode):
+def undo_lun(undo, ctx):
     what = "LUN %d of target %s" % (undo["lun"], undo["target_iqn"])
     client = _client_for(undo)
     if client is None:
@@ -912,14 +863,14 @@ def undo_lun(undo, check_mode):
     if target["sessions"]:
         # a LUN in use cannot be deleted; the target's own undo deletes it with force
         return "%s: left for the target's removal (initiators are logged in)" % what
-    if check_mode:
+    if ctx.check_mode:
         return "would delete %s (the backing file stays)" % what
     client.delete_lun(target["tid"], undo["lun"])
     return "deleted %s (the backing file stays)" % what
 
 
 @undo_handler(A_BINDING)
-def undo_binding(undo, check_mode):
+def undo_binding(undo, ctx):
     what = "CHAP account %s on target %s" % (undo["user"], undo["target_iqn"])
     client = _client_for(undo)
     if client is None:
@@ -927,28 +878,28 @@ def undo_binding(undo, check_mode):
     target = _target_alive(client, undo)
     if target is None or not any(a["user"] == undo["user"] for a in target["accounts"]):
         return "%s: was not bound" % what
-    if check_mode:
+    if ctx.check_mode:
         return "would unbind the %s" % what
     client.unbind_account(target["tid"], undo["user"], outgoing=undo.get("outgoing", False))
     return "unbound the %s" % what
 
 
 @undo_handler(A_ACCOUNT)
-def undo_account(undo, check_mode):
+def undo_account(undo, ctx):
     what = "CHAP account %s" % undo["user"]
     client = _client_for(undo)
     if client is None:
         return _gone(undo, what)
     if undo["user"] not in client.accounts():
         return "%s: was not there" % what
-    if check_mode:
+    if ctx.check_mode:
         return "would delete the %s" % what
     client.delete_account(undo["user"])
     return "deleted the %s" % what
 
 
 @undo_handler(A_TARGET)
-def undo_target(undo, check_mode):
+def undo_target(undo, ctx):
     what = "target %s (tid %d)" % (undo["target_iqn"], undo["tid"])
     client = _client_for(undo)
     if client is None:
@@ -956,7 +907,7 @@ def undo_target(undo, check_mode):
     target = _target_alive(client, undo)
     if target is None:
         return "%s: was not there" % what
-    if check_mode:
+    if ctx.check_mode:
         return "would delete %s" % what
     client.delete_target(target["tid"], force=True)
     return "deleted %s%s" % (what, " and logged out its %d session(s)" % len(target["sessions"])
@@ -964,11 +915,11 @@ def undo_target(undo, check_mode):
 
 
 @undo_handler(A_FIREWALL)
-def undo_firewall(undo, check_mode):
+def undo_firewall(undo, ctx):
     nft = which("nft") or "nft"
     if firewall_state(undo["table"], nft) is None:
         return "nftables table inet %s: already gone" % undo["table"]
-    if check_mode:
+    if ctx.check_mode:
         return "would delete the nftables table inet %s" % undo["table"]
     rc, out, err = run([nft, "delete", "table", "inet", undo["table"]])
     if rc and firewall_state(undo["table"], nft) is not None:
@@ -977,13 +928,13 @@ def undo_firewall(undo, check_mode):
 
 
 @undo_handler(A_BACKING)
-def undo_backing(undo, check_mode):
+def undo_backing(undo, ctx):
     path = undo["path"]
     if not os.path.lexists(path):
         return "backing file %s: not there" % path
     if not undo.get("remove"):
         return "kept the backing file %s (evidence)" % path
-    if check_mode:
+    if ctx.check_mode:
         return "would remove the backing file %s" % path
     os.unlink(path)
     fsync_dir(os.path.dirname(path))
@@ -991,7 +942,7 @@ def undo_backing(undo, check_mode):
 
 
 @undo_handler(A_DAEMON)
-def undo_daemon(undo, check_mode):
+def undo_daemon(undo, ctx):
     port = undo["control_port"]
     client = _tgt.TgtClient(port)
     pid = client.server_pid()
@@ -1002,7 +953,7 @@ def undo_daemon(undo, check_mode):
         if argv != undo["argv"]:
             return ("left tgtd pid %d on control port %d alone: it is not the instance this case started (%s)"
                     % (pid, port, " ".join(argv or [])))
-        if check_mode:
+        if ctx.check_mode:
             # the targets recorded later in the journal are still there in check mode
             return "would stop tgtd pid %d (control port %d) once it serves no target" % (pid, port)
         targets = client.targets()
@@ -1012,7 +963,7 @@ def undo_daemon(undo, check_mode):
                                    "teardown again." % (port, ", ".join(t["name"] for t in targets), port))
         _stop(client, pid)
         result = "stopped tgtd pid %d (control port %d)" % (pid, port)
-    if check_mode:
+    if ctx.check_mode:
         return result
     for path in sorted(undo.get("created", []), key=len, reverse=True):
         try:
@@ -1027,7 +978,7 @@ def undo_daemon(undo, check_mode):
 
 
 @undo_handler(A_PACKAGES)
-def undo_packages(undo, check_mode):
+def undo_packages(undo, ctx):
     installed = []
     for package in undo["packages"]:
         rc, out = run(["dpkg-query", "-W", "-f", "${Status}", package])[:2]
@@ -1035,9 +986,10 @@ def undo_packages(undo, check_mode):
             installed.append(package)
     if not installed:
         return "package(s) %s: not installed" % ", ".join(undo["packages"])
-    if check_mode:
+    if ctx.check_mode:
         return "would purge %s" % ", ".join(installed)
-    rc, out, err = run(["apt-get", "-y", "purge"] + installed, env={"DEBIAN_FRONTEND": "noninteractive"})
+    rc, out, err = run(["apt-get", "-y", "purge"] + installed, env={"DEBIAN_FRONTEND": "noninteractive"},
+                       timeout=APT_TIMEOUT)
     if rc:
         raise IscsiTargetError("apt-get purge %s failed: %s" % (" ".join(installed), (err or out).strip()[-2000:]))
     return "purged %s" % ", ".join(installed)

@@ -11,6 +11,29 @@ handler registered for its action, then an ``undone`` record is appended. Handle
 idempotent and must cope with a change that was recorded but never (or only half) applied:
 a crash or ``kill -9`` can fall between the record and the change.
 
+There is one replay loop, ``Journal.replay(records, ctx)``: teardown, ``iscsi_attach``'s
+detach and rollback, ``loop_mount``, ``setup_iscsi_target state=absent`` and the memory
+acquisition's own clean-up all use it; each caller only chooses which records to hand it.
+
+The handler contract::
+
+    @undo_handler("provider.thing")
+    def undo_thing(undo, ctx):
+        ...
+        return "removed the thing"      # one short sentence, said in the past tense
+                                        # ("would remove ..." when ctx.check_mode)
+
+* ``undo`` is the dict the module journaled with ``record_change``: everything needed to undo
+  the change, and nothing secret (the journal is a plain file that ends up in the case manifest).
+* ``ctx`` is an ``UndoContext``: ``ctx.check_mode`` (say what would be done, change nothing) and
+  ``ctx.options``, the connection options teardown's caller passed (for example the hostname,
+  username and password of a vCenter or ESXi host a provider must log in to). Credentials come
+  from ``ctx.options`` only, never from the journal; they are not written anywhere: secret option
+  values are masked in every result and error message before the journal or the task sees them.
+* A handler is idempotent, copes with a change recorded but never made, and raises the
+  collection's exception (``_errors``) with a sentence when it cannot undo; the replay stops there
+  and says which change failed and that the older ones are still in place.
+
 Records are only ever appended, under an exclusive ``flock``, so two tasks on one host cannot
 interleave lines, and a torn last line (a crash mid-write) is ignored with a note.
 
@@ -32,14 +55,42 @@ import re
 import socket
 import uuid
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._case import check_case_id
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 
 DEFAULT_JOURNAL_DIR = "/var/lib/dfir-vmcollect/journal"
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-# action name -> function(undo_dict, check_mode) -> short sentence of what was (or would be) done
+# action name -> function(undo_dict, ctx) -> short sentence of what was (or would be) done
 UNDO_HANDLERS = {}
+_MASK = "********"
+_SECRET_OPTION = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+class UndoContext(object):
+    """What every undo handler gets besides the record's ``undo`` dict (see the module docstring).
+
+    ``check_mode``: report what would be undone, change nothing. ``options``: connection options
+    from teardown's caller (never from the journal). ``secrets``: further values to mask; the values
+    of options whose name says pass/secret/token/key are masked anyway.
+    """
+
+    def __init__(self, check_mode=False, options=None, secrets=()):
+        self.check_mode = bool(check_mode)
+        self.options = dict(options or {})
+        values = set(s for s in secrets if isinstance(s, str))
+        values.update(v for k, v in self.options.items() if isinstance(v, str) and _SECRET_OPTION.search(k))
+        self._secrets = sorted((v for v in values if v), key=len, reverse=True)
+
+    def scrub(self, text):
+        """``text`` with every secret value replaced by a mask, before it is written or returned."""
+        for value in self._secrets:
+            text = text.replace(value, _MASK)
+        return text
+
+    def __repr__(self):
+        # never the values: a repr can end up in a traceback
+        return "UndoContext(check_mode=%r, options=[%s])" % (self.check_mode, ", ".join(sorted(self.options)))
 
 
 def undo_handler(action):
@@ -54,14 +105,6 @@ def undo_handler(action):
 
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def check_case_id(case_id):
-    if not _CASE_ID.match(case_id or ""):
-        raise InvalidInputError(
-            "The case id %r is not usable in file names; use letters, digits, '.', '_' and '-' "
-            "(at most 128, starting with a letter or digit)." % (case_id,))
-    return case_id
 
 
 def _makedirs_recorded(path):
@@ -183,38 +226,59 @@ class Journal(object):
     def mark_undone(self, change_id, result):
         self._append({"kind": "undone", "ref": change_id, "result": result})
 
-    # -- teardown -------------------------------------------------------------------------
-    def teardown(self, check_mode=False, remove_when_done=True, keep_modules=()):
-        """Undo every pending change, newest first. Stops at the first failure (later undos may
-        depend on it); a rerun continues where it stopped.
+    # -- replay and teardown ----------------------------------------------------------------
+    def replay(self, records, ctx=None):
+        """Undo ``records`` (change records of this journal, e.g. from ``pending()``) newest first,
+        each through the handler registered for its action, and mark each one undone (not in check
+        mode). The one replay loop of the collection; callers choose the records.
+
+        Stops at the first failure (older changes may depend on it) with a JournalError that names
+        the change and carries ``undone`` (what was undone before it) and ``failed_change``; a rerun
+        continues where it stopped. Returns the undone changes: dict(id, action, description, result).
+        """
+        ctx = ctx if ctx is not None else UndoContext()
+        records = sorted(records, key=lambda r: r["seq"], reverse=True)
+        undone = []
+        for rec in records:
+            handler = UNDO_HANDLERS.get(rec["action"])
+            if handler is None:
+                raise JournalError("The journal %s holds a change of kind %r that this version cannot undo."
+                                   % (self.path, rec["action"]), journal=self.path, undone=undone)
+            try:
+                result = handler(rec["undo"], ctx)
+            except JournalError as exc:
+                exc.message = ctx.scrub(exc.message)
+                exc.args = (exc.message,)
+                raise
+            except Exception as exc:  # pylint: disable=broad-except
+                raise JournalError("Undoing '%s' failed: %s. %d earlier change(s) are still in place; fix the "
+                                   "cause and run teardown again."
+                                   % (rec["description"], ctx.scrub(str(exc)).rstrip("."), len(records) - len(undone)),
+                                   journal=self.path, undone=undone, failed_change=rec)
+            result = ctx.scrub(result if isinstance(result, str) else str(result))
+            if not ctx.check_mode:
+                self.mark_undone(rec["id"], result)
+            undone.append({"id": rec["id"], "action": rec["action"], "description": rec["description"],
+                           "result": result})
+        return undone
+
+    def teardown(self, check_mode=False, remove_when_done=True, keep_modules=(), options=None, secrets=()):
+        """Undo every pending change, newest first (``replay``). Stops at the first failure (later
+        undos may depend on it); a rerun continues where it stopped.
 
         Changes made by a module named in ``keep_modules`` stay in place and in the journal (an
         attached evidence volume outlives the teardown of each VM acquired onto it); the journal
         is removed only when nothing is left pending.
+
+        ``options`` (connection options, credentials included) and ``secrets`` go to the handlers in
+        their ``UndoContext``; they are never written to the journal nor returned.
 
         Returns dict(undone=[...], pending=[...], kept=[...], records=[...], removed=bool).
         """
         pending = self.pending()
         kept = [r for r in pending if r.get("module") in keep_modules]
         pending = [r for r in pending if r.get("module") not in keep_modules]
-        undone = []
-        for rec in pending:
-            handler = UNDO_HANDLERS.get(rec["action"])
-            if handler is None:
-                raise JournalError("The journal %s holds a change of kind %r that this version cannot undo."
-                                   % (self.path, rec["action"]), journal=self.path, undone=undone)
-            try:
-                result = handler(rec["undo"], check_mode)
-            except JournalError:
-                raise
-            except Exception as exc:
-                raise JournalError("Undoing '%s' failed: %s. %d earlier change(s) are still in place; fix the "
-                                   "cause and run teardown again." % (rec["description"], exc, len(pending) - len(undone)),
-                                   journal=self.path, undone=undone, failed_change=rec)
-            if not check_mode:
-                self.mark_undone(rec["id"], result)
-            undone.append({"id": rec["id"], "action": rec["action"], "description": rec["description"],
-                           "result": result})
+        undone = self.replay(pending, UndoContext(check_mode, options, secrets))
         records = self.records()
         removed = False
         if not check_mode and remove_when_done and not kept and self.exists():
@@ -242,12 +306,12 @@ class Journal(object):
 # -- generic undo handlers usable by every module ---------------------------------------------
 
 @undo_handler("file.created")
-def _undo_file_created(undo, check_mode):
+def _undo_file_created(undo, ctx):
     """A file this collection created on the host (an overlay, a FIFO, a temporary image)."""
     path = undo["path"]
     if not os.path.lexists(path):
         return "%s was already gone" % path
-    if check_mode:
+    if ctx.check_mode:
         return "would remove %s" % path
     try:
         os.unlink(path)
@@ -262,14 +326,14 @@ def _undo_file_created(undo, check_mode):
 
 
 @undo_handler("sysctl")
-def _undo_sysctl(undo, check_mode):
+def _undo_sysctl(undo, ctx):
     """A kernel setting changed through /proc/sys: put the original value back."""
     path = "/proc/sys/" + undo["name"].replace(".", "/")
     with open(path) as f:
         current = f.read().strip()
     if current == undo["original"]:
         return "%s is %s as found" % (undo["name"], current)
-    if check_mode:
+    if ctx.check_mode:
         return "would set %s back from %s to %s" % (undo["name"], current, undo["original"])
     with open(path, "w") as f:
         f.write(undo["original"] + "\n")

@@ -31,10 +31,12 @@ __metaclass__ = type
 
 import contextlib
 import datetime
+import errno
+import functools
+import inspect
 import json
 import os
 import stat
-import subprocess
 import traceback
 import uuid as uuidlib
 from xml.etree import ElementTree
@@ -44,7 +46,9 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     EvidenceSourceError,
     InvalidInputError,
     LibvirtError,
+    VmcollectError,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
 
 try:
     import libvirt
@@ -394,19 +398,16 @@ def qemu_img_sizes(qemu_img, path, fmt, timeout=QEMU_IMG_TIMEOUT):
     protocol = "host_device" if stat.S_ISBLK(st.st_mode) else "file"
     opts = "driver=%s,file.driver=%s,file.filename=%s" % (_QEMU_FORMAT.get(fmt, fmt), protocol, path.replace(",", ",,"))
     cmd = [qemu_img, "info", "-U", "--output=json", "--backing-chain", "--image-opts", opts]
-    try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                              universal_newlines=True, timeout=timeout, check=False,
-                              env=dict(os.environ, LC_ALL="C"))
-    except subprocess.TimeoutExpired:
+    rc, out, err = _runner.run(cmd, timeout=timeout, env={"LC_ALL": "C"})
+    if rc == _runner.TIMED_OUT_RC:
         raise EvidenceSourceError("qemu-img info did not answer within %s s about %s; the storage under it may "
                                   "be hanging (a dead NFS or iSCSI mount?)." % (timeout, path), failed_path=path)
-    except OSError as exc:
-        raise EvidenceSourceError("qemu-img (%s) cannot be run: %s." % (qemu_img, exc.strerror), failed_path=path)
-    if proc.returncode != 0:
+    if rc == _runner.NOT_STARTED_RC:
+        raise EvidenceSourceError("%s; it is needed to read %s." % (err, path), failed_path=path)
+    if rc != 0:
         raise EvidenceSourceError("qemu-img cannot read the %s image %s: %s."
-                                  % (fmt or "raw", path, _qemu_img_message(proc.stderr, opts)), failed_path=path)
-    images = parse_qemu_img_chain(proc.stdout)
+                                  % (fmt or "raw", path, _qemu_img_message(err, opts)), failed_path=path)
+    images = parse_qemu_img_chain(out)
     top = images[0]
     return {"capacity": top["capacity"], "allocation": top["allocation"],
             "physical": container_size(path, st), "backing_chain": images[1:]}
@@ -429,7 +430,117 @@ def _call(what, func, *args):
     try:
         return func(*args)
     except libvirt.libvirtError as exc:
-        raise LibvirtError("libvirt could not %s: %s." % (what, _message(exc)), libvirt_error_code=exc.get_error_code())
+        raise LibvirtError("libvirt could not %s: %s. %s." % (what, _message(exc), _libvirt_hint(exc.get_error_code())),
+                           libvirt_error_code=exc.get_error_code())
+
+
+# libvirt error codes (virErrorNumber names) -> what the responder can do about it
+_LIBVIRT_HINTS = (
+    ("VIR_ERR_NO_DOMAIN", "The VM was undefined or renamed while this ran; check it with `virsh list --all --uuid`, "
+                          "then run it again"),
+    ("VIR_ERR_OPERATION_INVALID", "The VM changed state while this ran (stopped, started or paused); check it with "
+                                  "`virsh domstate --reason`, then run it again"),
+    ("VIR_ERR_OPERATION_TIMEOUT", "Another job holds the VM (a migration, a dump, a backup); wait until "
+                                  "`virsh domjobinfo` shows none, then run it again"),
+    ("VIR_ERR_AGENT_UNRESPONSIVE", "The guest agent does not answer; run it again without quiesce, or once the agent "
+                                   "runs in the guest"),
+    ("VIR_ERR_NO_CONNECT", "libvirtd went away while this ran; check `systemctl status libvirtd`, then run it again"),
+    ("VIR_ERR_RPC", "The connection to libvirtd broke while this ran; check `systemctl status libvirtd`, then run it "
+                    "again"),
+    ("VIR_ERR_ACCESS_DENIED", "libvirt refused this user; run the task with become, or as a user libvirt lets manage "
+                              "VMs"),
+    ("VIR_ERR_OPERATION_DENIED", "libvirt refused this user; run the task with become, or as a user libvirt lets "
+                                 "manage VMs"),
+)
+_OS_HINTS = {
+    errno.ENOSPC: "Free space on that filesystem, then run it again",
+    errno.EDQUOT: "Free space in that user's quota, then run it again",
+    errno.EACCES: "Check that the module's user (and QEMU's user, where QEMU writes) may use that path, then run it "
+                  "again",
+    errno.EPERM: "Check that the module's user (and QEMU's user, where QEMU writes) may use that path, then run it "
+                 "again",
+    errno.ENOENT: "The file or folder was not there (or vanished while this ran); check it, then run it again",
+    errno.EIO: "The storage under that path fails (a lost iSCSI link or a dying disk?); check it, then run it again",
+}
+_TEARDOWN_HINT = "If the task changed the host before it failed, dfir.vmcollect.teardown for the case puts it back."
+
+
+def _vm_label(name, uuid):
+    if name and uuid:
+        return "VM '%s' (%s)" % (name, uuid)
+    if name or uuid:
+        return "VM %s" % ("'%s'" % name if name else uuid)
+    return "the VM"
+
+
+def _libvirt_hint(code):
+    for attr, hint in _LIBVIRT_HINTS:
+        if code is not None and code == getattr(libvirt, attr, None):
+            return hint
+    return ("Check the VM with `virsh dominfo` and libvirtd's log (`journalctl -u libvirtd`), then run it again")
+
+
+def convert_error(exc, step, name=None, uuid=None, error=LibvirtError, teardown_hint=True):
+    """``exc`` (libvirt.libvirtError or OSError) as the collection's ``error``: a sentence naming the
+    VM, the step, libvirt's (or the system's) own message and what to do; None for anything else."""
+    label = _vm_label(name, uuid)
+    details = {"vm_name": name, "vm_uuid": uuid, "step": step}
+    if libvirt is not None and isinstance(exc, libvirt.libvirtError):
+        code = exc.get_error_code()
+        says, hint = "libvirt says: %s" % _message(exc), _libvirt_hint(code)
+        details["libvirt_error_code"] = code
+    elif isinstance(exc, EnvironmentError):
+        where = exc.filename if getattr(exc, "filename", None) else None
+        says = "%s%s" % (exc.strerror or exc, " (%s)" % where if where else "")
+        hint = _OS_HINTS.get(exc.errno, "Check the path named, then run it again")
+        details.update(errno=exc.errno, failed_path=where)
+    else:
+        return None
+    message = "Could not %s (%s): %s. %s." % (step, label, str(says).rstrip("."), hint)
+    if teardown_hint:
+        message += " " + _TEARDOWN_HINT
+    return error(message, **details)
+
+
+def _vm_of_call(signature, args, kwargs):
+    """(name, uuid) of the VM a call is about: its ``name``/``uuid`` arguments, or its ``undo`` record's."""
+    try:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return None, None
+    undo = bound.get("undo")
+    if isinstance(undo, dict):
+        return undo.get("name"), undo.get("uuid")
+    return bound.get("name"), bound.get("uuid")
+
+
+def libvirt_errors(step, error=LibvirtError, teardown_hint=True):
+    """Decorator for the public entry points of the KVM module_utils (after amazon.aws's error handler
+    decorators): a ``libvirt.libvirtError`` or ``OSError`` that escapes the function becomes ``error``
+    with ``convert_error``'s sentence, so a module reports it instead of a MODULE FAILURE traceback. The
+    VM is named from the call's ``name``/``uuid`` arguments or its ``undo`` record (undo handlers, which
+    pass ``teardown_hint=False``: teardown is what runs them). The collection's own errors pass as they are.
+    """
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except VmcollectError:
+                raise
+            except Exception as exc:  # pylint: disable=broad-except
+                name, uuid = _vm_of_call(signature, args, kwargs)
+                converted = convert_error(exc, step, name, uuid, error, teardown_hint)
+                if converted is None:
+                    raise
+                raise converted
+
+        return wrapper
+
+    return decorate
 
 
 def _optional(func, *args):
@@ -521,14 +632,18 @@ def _version(number):
 
 
 def host_info(conn):
-    """Who answered: URI, host name, libvirt and hypervisor versions (for the custody record)."""
-    return {
+    """Who answered: URI, host name, libvirt and hypervisor versions (for the custody record).
+
+    ``tools`` is the provider contract's view of the same: tool name -> version, for the case manifest."""
+    info = {
         "uri": _optional(conn.getURI),
         "hostname": _optional(conn.getHostname),
         "libvirt_version": _version(_optional(conn.getLibVersion)),
         "hypervisor": _optional(conn.getType),
         "hypervisor_version": _version(_optional(conn.getVersion)),
     }
+    info["tools"] = {"libvirt": info["libvirt_version"] or "unknown", "qemu": info["hypervisor_version"] or "unknown"}
+    return info
 
 
 def _no_sizes(disk, why):
@@ -611,3 +726,10 @@ def domain_info(conn, dom, include_xml=False, qemu_img=None, qemu_img_timeout=QE
             inactive = _call("read the inactive XML of the VM %s" % label, dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
         info["xml"] = {"live": live_xml, "inactive": inactive}
     return info
+
+
+@libvirt_errors("read the VM's facts", teardown_hint=False)
+def vm_info(uri, name=None, uuid=None, include_xml=False, qemu_img=None):
+    """vm_info's entry point: a read-only connection, the VM by name or UUID, domain_info()."""
+    with connect(uri, readonly=True) as conn:
+        return domain_info(conn, find_domain(conn, name=name, uuid=uuid), include_xml=include_xml, qemu_img=qemu_img)

@@ -50,13 +50,16 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     MemoryAcquisitionError,
     VmcollectError,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import absolute, hash_path, normalize_algorithms
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler, utc_now
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.space import free_bytes, memory_need
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext, undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt*: None without the bindings
     connect,
     find_domain,
     libvirt,
+    libvirt_errors,
     libvirt_qemu,
     parse_domain_xml,
     power_state,
@@ -68,7 +71,6 @@ FORMATS = ("raw",)
 PARTIAL_SUFFIX = ".partial"
 IMAGE_MODE = 0o640
 MIB = 1024 * 1024
-SPACE_MARGIN = 64 * MIB  # free space kept beyond the RAM size (at least; 1% for large guests)
 UFFD_SYSCTL = "vm.unprivileged_userfaultfd"
 CAPABILITY = "background-snapshot"
 FD_NAME = "vmcollect-memory"
@@ -188,7 +190,7 @@ def parse_dac_label(label):
     return uid, gid
 
 
-def qemu_identity(xml_text, name, proc="/proc"):
+def qemu_identity(xml_text, name, proc=procfs.PROC):
     """(uid, gid) QEMU runs as: the live XML's DAC label, else the owner of its process."""
     root = ET.fromstring(xml_text)
     for sec in root.findall("seclabel"):
@@ -196,17 +198,12 @@ def qemu_identity(xml_text, name, proc="/proc"):
             ident = parse_dac_label((sec.findtext("label") or "").strip())
             if ident:
                 return ident
-    needle = ("guest=%s," % name.replace(",", ",,")).encode()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
+    needle = "guest=%s," % name.replace(",", ",,")
+    for pid in procfs.find_pids(lambda argv: any(needle in arg for arg in argv), proc):
         try:
-            with open(os.path.join(proc, pid, "cmdline"), "rb") as f:
-                if needle not in f.read():
-                    continue
-            st = os.stat(os.path.join(proc, pid))
+            st = os.stat(os.path.join(proc, str(pid)))
         except OSError:
-            continue
+            continue  # it ended meanwhile
         return st.st_uid, st.st_gid
     raise MemoryAcquisitionError("Cannot tell which user the QEMU of VM %s runs as (no DAC label in its live XML, "
                                  "no process found)." % name)
@@ -248,17 +245,6 @@ def untraversable(folder, uid, gid):
 def linear_ram_limit(machine):
     """RAM size from which guest-physical memory is no longer one range from 0 (the PCI hole)."""
     return _LINEAR_RAM_LIMIT["q35" if "q35" in (machine or "") else "pc"]
-
-
-def free_bytes(folder):
-    st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize
-
-
-def needed_bytes(ram, method):
-    """The RAM size plus a margin; twice the RAM for a background snapshot (its stream file, then the image)."""
-    copies = 2 if method == "background_snapshot" else 1
-    return copies * ram + max(SPACE_MARGIN, ram // 100)
 
 
 def read_sysctl(name):
@@ -325,10 +311,12 @@ def plan(vm, dest, method, journal, force=False):
     dest, partial = check_destination(dest, force, journal)
     folder = os.path.dirname(dest)
     free = free_bytes(folder)
-    need = needed_bytes(vm["ram"], method)
+    need = memory_need(vm["ram"], method)  # the space rule evidence_plan sums up (_evidence/space.py)
     if free < need:
-        raise DestinationError("%s has %d MiB free; the memory image of VM %s needs %d MiB (its RAM plus a margin)."
-                               % (folder, free // MIB, label, need // MIB), dest=dest, free_bytes=free,
+        raise DestinationError("%s has %d MiB free; the memory image of VM %s needs %d MiB (its RAM%s plus a margin)."
+                               % (folder, free // MIB, label, need // MIB,
+                                  " twice: the stream, then the image" if method == "background_snapshot" else ""),
+                               dest=dest, free_bytes=free,
                                needed_bytes=need)
     if method in ("pmemsave", "pmemsave_paused"):
         blocked = untraversable(folder, vm["qemu_uid"], vm["qemu_gid"])
@@ -463,29 +451,17 @@ def take_pmemsave_paused(journal, dom, vm, p):
     except libvirt.libvirtError as exc:
         raise MemoryAcquisitionError("libvirt could not pause VM %s: %s." % (vm["name"], _libvirt_message(exc)))
     journal.mark_applied(change)
-    undos = [(change, lambda: _resume_if_paused(dom, vm["name"]))]
     try:
         out = take_pmemsave(journal, dom, vm, p)
     except BaseException:
-        restore(journal, undos)
+        restore(journal, [change])
         raise
-    failed = restore(journal, undos)
+    failed = restore(journal, [change])
     if failed:
-        raise MemoryAcquisitionError("The memory image of VM %s was taken, but resuming the VM failed: %s. Run "
-                                     "teardown for the case." % (vm["name"], "; ".join(failed)))
+        raise MemoryAcquisitionError("The memory image of VM %s was taken, but resuming the VM failed. %s"
+                                     % (vm["name"], failed))
     out["notes"].insert(0, "The guest was paused for the copy, so the image is of one instant.")
     return out
-
-
-def _resume_if_paused(dom, name):
-    try:
-        state, reason = dom.state(0)
-        if state != libvirt.VIR_DOMAIN_PAUSED:
-            return "VM %s was %s, not paused; nothing to resume" % (name, power_state(state, reason)[0])
-        dom.resume()
-    except libvirt.libvirtError as exc:
-        raise MemoryAcquisitionError("libvirt could not resume VM %s: %s" % (name, _libvirt_message(exc)))
-    return "resumed VM %s" % name
 
 
 def take_core_dump(journal, dom, vm, p):
@@ -515,20 +491,20 @@ def take_background_snapshot(journal, dom, vm, p):
     if cap is None:
         raise MemoryAcquisitionError("This QEMU has no %s migration capability (QEMU 6.0 or later is needed)." % CAPABILITY)
     changes = []
-    undos = []
+    made = []  # journal ids of the sysctl and capability changes
     try:
         if vm["qemu_uid"] and read_sysctl(UFFD_SYSCTL) == "0":
-            undos.append(_change_sysctl(journal, "1", changes))
+            made.append(_change_sysctl(journal, "1", changes))
         if not cap:
-            undos.append(_change_capability(journal, dom, vm, p["uri"], changes))
+            made.append(_change_capability(journal, dom, vm, p["uri"], changes))
         stream_change, downtime = _snapshot_to(journal, dom, vm, p["stream"])
     except BaseException:
-        restore(journal, undos)  # best effort: the error in flight is the one to report
+        restore(journal, made)  # best effort: the error in flight is the one to report
         raise
-    failed = restore(journal, undos)
+    failed = restore(journal, made)
     if failed:
-        raise MemoryAcquisitionError("The background snapshot of VM %s was taken, but %s; the journal keeps the change, "
-                                     "run teardown for the case." % (vm["name"], "; ".join(failed)))
+        raise MemoryAcquisitionError("The background snapshot of VM %s was taken, but putting the host back failed. %s"
+                                     % (vm["name"], failed))
     stats = _extract(journal, p, stream_change)
     stats["qemu_downtime_ms"] = downtime
     changes.append("migration stream %s written by QEMU, removed after its RAM was extracted" % p["stream"])
@@ -574,23 +550,24 @@ def _extract(journal, p, stream_change):
         os.fsync(out_fd)
     finally:
         os.close(out_fd)
-    os.unlink(p["stream"])
-    journal.mark_undone(stream_change, "removed %s after extracting its RAM" % p["stream"])
+    restore(journal, [stream_change], strict=True)  # the stream file goes, through its file.created handler
     return stats
 
 
-def restore(journal, undos):
-    """Undo the host changes of an acquisition, newest first, right after it; each one undone is
-    marked so in the journal, one that fails stays there for teardown. Returns the failures."""
-    failed = []
-    for change, undo in reversed(undos):
-        try:
-            result = undo()
-        except (VmcollectError, OSError) as exc:
-            failed.append("undoing it failed (%s)" % getattr(exc, "message", exc))
-            continue
-        journal.mark_undone(change, result)
-    return failed
+def restore(journal, change_ids, strict=False):
+    """Undo the host changes of an acquisition right after it: the journal's records ``change_ids``
+    replayed newest first through their undo handlers (``Journal.replay``, which marks each one
+    undone). The replay stops at the first that fails; that one and the older ones stay in the
+    journal for teardown. Returns the failure's sentence (None when all were undone), or raises it
+    when ``strict``."""
+    records = [r for r in journal.pending() if r["id"] in change_ids]
+    try:
+        journal.replay(records, UndoContext())
+    except VmcollectError as exc:
+        if strict:
+            raise
+        return exc.message
+    return None
 
 
 def _change_sysctl(journal, value, changes):
@@ -601,12 +578,7 @@ def _change_sysctl(journal, value, changes):
     write_sysctl(UFFD_SYSCTL, value)
     journal.mark_applied(change)
     changes.append("%s set from %s to %s, then back to %s" % (UFFD_SYSCTL, original, value, original))
-
-    def undo():
-        write_sysctl(UFFD_SYSCTL, original)
-        return "set %s back to %s" % (UFFD_SYSCTL, original)
-
-    return change, undo
+    return change
 
 
 def _change_capability(journal, dom, vm, uri, changes):
@@ -617,12 +589,7 @@ def _change_capability(journal, dom, vm, uri, changes):
     set_capability(dom, True)
     journal.mark_applied(change)
     changes.append("migration capability %s of VM %s turned on, then off" % (CAPABILITY, vm["name"]))
-
-    def undo():
-        set_capability(dom, False)
-        return "turned the migration capability %s of VM %s off" % (CAPABILITY, vm["name"])
-
-    return change, undo
+    return change
 
 
 def _close_fd_quietly(dom):
@@ -660,6 +627,7 @@ def check_options(method, fmt, algorithms):
     return normalize_algorithms(algorithms)
 
 
+@libvirt_errors("take the memory", error=MemoryAcquisitionError)
 def acquire(journal, uri, dest, method, name=None, uuid=None, algorithms=("sha256",), fmt="raw", force=False,
             check_mode=False):
     """Acquire the RAM of the VM into ``dest`` by ``method``; see the pmemsave module's RETURN."""
@@ -688,7 +656,7 @@ def acquire(journal, uri, dest, method, name=None, uuid=None, algorithms=("sha25
     result.update(changed=True, size=hashed["size"], digests=hashed["digests"], format=out.get("format", fmt),
                   pause_ms=round(sum(pauses), 1), pauses_ms=pauses, acquire_seconds=round(acquired, 3),
                   wall_seconds=round(time.monotonic() - t0, 3), hash_seconds=hashed["seconds"], notes=out["notes"],
-                  host_changes=_done_changes(p, out), started=started, finished=utc_now())
+                  host_changes=_done_changes(p, out), started_at=started, finished_at=utc_now())
     if "stream" in out:
         result["stream"] = out["stream"]
     return result
@@ -709,7 +677,8 @@ def _done_changes(p, out):
 # ------------------------------------------------------------------------ undo (teardown)
 
 @undo_handler(ACTION_SUSPEND)
-def undo_suspend(undo, check_mode):
+@libvirt_errors("resume the VM", teardown_hint=False)
+def undo_suspend(undo, ctx):
     """Resume a VM that a memory copy paused, if it is still paused (a kill -9 mid-copy)."""
     with connect(undo["uri"]) as conn:
         try:
@@ -719,14 +688,15 @@ def undo_suspend(undo, check_mode):
         state, reason = dom.state(0)
         if state != libvirt.VIR_DOMAIN_PAUSED or reason != libvirt.VIR_DOMAIN_PAUSED_USER:
             return "VM %s is %s; nothing to resume" % (undo["name"], " ".join(power_state(state, reason)))
-        if check_mode:
+        if ctx.check_mode:
             return "would resume VM %s" % undo["name"]
         dom.resume()
         return "resumed VM %s" % undo["name"]
 
 
 @undo_handler(ACTION_CAPABILITY)
-def undo_capability(undo, check_mode):
+@libvirt_errors("turn the migration capability back off", teardown_hint=False)
+def undo_capability(undo, ctx):
     """Turn a migration capability back off (cancelling a snapshot still running after a crash)."""
     with connect(undo["uri"]) as conn:
         try:
@@ -737,7 +707,7 @@ def undo_capability(undo, check_mode):
             return "VM %s is not running; its QEMU and the capability are gone" % undo["name"]
         if capability_state(dom, undo["capability"]) == undo["original"]:
             return "migration capability %s of VM %s is off as found" % (undo["capability"], undo["name"])
-        if check_mode:
+        if ctx.check_mode:
             return "would turn the migration capability %s of VM %s off" % (undo["capability"], undo["name"])
         _cancel_migration(dom)
         _close_fd_quietly(dom)

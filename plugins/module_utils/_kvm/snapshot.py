@@ -25,14 +25,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DomainNotFoundError, SnapshotError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt: None without the bindings
     connect,
+    libvirt_errors,
     disk_sizes,
     find_domain,
     libvirt,
@@ -40,6 +41,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import
 )
 
 ACTION = "kvm.external_snapshot"
+# an overlay holds every guest write made during the acquisition: merging a big one on slow storage can take
+# many minutes, so the bound is generous; it only stops a merge that storage has hung
 COMMIT_TIMEOUT = 3600.0
 OVERLAY_TAG = "vmcollect"
 
@@ -119,10 +122,12 @@ def _running(dom):
     return dom.isActive() == 1
 
 
+@libvirt_errors("freeze the disks", error=SnapshotError)
 def freeze(journal, uri, name=None, uuid=None, overlay_dir=None, quiesce=False, check_mode=False, qemu_img=None):
     """Freeze the domain's disks; idempotent for a case (an existing freeze is reported, not redone).
 
-    Returns dict(changed, vm, frozen, skipped, snapshot_time, method, note).
+    Returns dict(changed, vm, frozen, skipped_disks, snapshot_time, method, note). Not ``skipped``:
+    Ansible reads a true ``skipped`` in a result as "this task was skipped".
     """
     with connect(uri) as conn:
         dom = find_domain(conn, name=name, uuid=uuid)
@@ -134,7 +139,7 @@ def freeze(journal, uri, name=None, uuid=None, overlay_dir=None, quiesce=False, 
         if overlay_dir and not os.path.isabs(overlay_dir):
             raise SnapshotError("The overlay folder %s is relative; give an absolute path." % overlay_dir)
         p = plan(info, journal.case_id, overlay_dir)
-        result = {"vm": vm, "skipped": p["skipped"], "method": "external disk-only snapshot (atomic)"}
+        result = {"vm": vm, "skipped_disks": p["skipped"], "method": "external disk-only snapshot (atomic)"}
         if not vm["running"]:
             # nothing runs that could write: the files are frozen as long as the VM stays off. The
             # XML of a VM that is not running says nothing about backing chains: ask qemu-img.
@@ -206,7 +211,7 @@ def _already_frozen(dom, vm, record):
         frozen.append(frozen_image({"target": d["target"], "device": "disk", "path": d["base"],
                                     "format": d["base_format"], "type": d["base_type"],
                                     "backing_chain": chain[1:] if chain else [], "overlay": d["overlay"]}))
-    return {"changed": False, "vm": vm, "frozen": frozen, "skipped": [], "method": "external disk-only snapshot (atomic)",
+    return {"changed": False, "vm": vm, "frozen": frozen, "skipped_disks": [], "method": "external disk-only snapshot (atomic)",
             "snapshot_time": record.get("time"), "note": "Already frozen for this case (journal entry %s)." % record["id"]}
 
 
@@ -255,10 +260,13 @@ def _commit_offline(overlay, base):
     """qemu-img commit of an overlay nobody runs on; its writes go into ``base``."""
     if not os.path.exists(overlay):
         return "overlay %s already gone" % overlay
-    out = subprocess.run(["qemu-img", "commit", "-q", "-f", "qcow2", overlay], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, universal_newlines=True, check=False, timeout=COMMIT_TIMEOUT)
-    if out.returncode != 0:
-        raise SnapshotError("qemu-img commit of %s failed: %s" % (overlay, out.stdout.strip()))
+    rc, out, err = _runner.run(["qemu-img", "commit", "-q", "-f", "qcow2", overlay], timeout=COMMIT_TIMEOUT)
+    if rc == _runner.TIMED_OUT_RC:
+        raise SnapshotError("qemu-img commit of %s into %s did not finish within %.0f s and was killed; the overlay "
+                            "is intact (a commit can be repeated). Check the storage, then run teardown again."
+                            % (overlay, base, COMMIT_TIMEOUT))
+    if rc != 0:
+        raise SnapshotError("qemu-img commit of %s failed: %s" % (overlay, (err or out).strip()))
     return "overlay %s committed into %s offline" % (overlay, base)
 
 
@@ -292,7 +300,8 @@ def _restore_persistent_sources(conn, dom, disks):
 
 
 @undo_handler(ACTION)
-def undo_freeze(undo, check_mode):
+@libvirt_errors("merge the overlays back", error=SnapshotError, teardown_hint=False)
+def undo_freeze(undo, ctx):
     """Merge every overlay back and remove it; restore the persistent definition if needed."""
     done = []
     with connect(undo["uri"]) as conn:
@@ -307,7 +316,7 @@ def undo_freeze(undo, check_mode):
                                 "remove them, then run teardown again." % (undo["name"], undo["uuid"], left))
         running = _running(dom)
         for d in reversed(undo["disks"]):
-            if check_mode:
+            if ctx.check_mode:
                 done.append("would merge %s back into %s and remove it" % (d["overlay"], d["base"]))
                 continue
             if running:
@@ -316,10 +325,10 @@ def undo_freeze(undo, check_mode):
                 done.append(_commit_offline(d["overlay"], d["base"]))
         # A stopped VM's definition still names the overlays; a running one's was updated by libvirt on the
         # pivot, which this makes sure of. Either way it must name the original images again.
-        if not check_mode and dom.isPersistent() and _restore_persistent_sources(conn, dom, undo["disks"]):
+        if not ctx.check_mode and dom.isPersistent() and _restore_persistent_sources(conn, dom, undo["disks"]):
             done.append("persistent definition points at the original images again")
     for d in undo["disks"]:
-        if check_mode or not os.path.exists(d["overlay"]):
+        if ctx.check_mode or not os.path.exists(d["overlay"]):
             continue
         os.unlink(d["overlay"])
         done.append("removed %s" % d["overlay"])

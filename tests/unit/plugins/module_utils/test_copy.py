@@ -19,6 +19,7 @@ import time
 import pytest
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import copy as c
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import space
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     DestinationError,
     EvidenceSourceError,
@@ -435,7 +436,7 @@ def test_not_enough_space_is_refused_before_writing(tmpfs, tmp_path):
     with pytest.raises(DestinationError, match="Not enough free space") as info:
         c.copy_evidence(src, dest)
     details = info.value.details
-    assert details["free_bytes"] <= 8 * MIB and details["needed_bytes"] >= 4 * MIB + c.SPACE_MARGIN
+    assert details["free_bytes"] <= 8 * MIB and details["needed_bytes"] >= 4 * MIB + space.MARGIN_MIN
     assert str(details["free_bytes"]) in info.value.message and str(details["needed_bytes"]) in info.value.message
     assert os.listdir(tmpfs) == [], "something was written before the refusal"
 
@@ -444,7 +445,7 @@ def test_full_destination_fails_clearly_and_can_resume(tmpfs, tmp_path, monkeypa
     """If the space check was wrong (a concurrent writer), ENOSPC is a clear, resumable error."""
     src = make_sparse(str(tmp_path / "twelve.raw"), 32 * MIB, [(0, 12 * MIB)])
     dest = os.path.join(tmpfs, "twelve.raw")
-    monkeypatch.setattr(c, "_free_bytes", lambda folder: 1 << 40)
+    monkeypatch.setattr(c, "free_bytes", lambda folder: 1 << 40)
     with pytest.raises(DestinationError, match="is full at byte"):
         c.copy_evidence(src, dest, checkpoint_bytes=MIB)
     assert sorted(os.listdir(tmpfs)) == ["twelve.raw.partial", "twelve.raw.partial.json"]

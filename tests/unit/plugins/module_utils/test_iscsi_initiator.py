@@ -3,8 +3,9 @@
 """iscsi_attach's logic with a fake command runner and fake /proc, /sys and /dev trees.
 
 The userspace initiator runs for real in tests/integration/targets/iscsi_attach. open-iscsi cannot
-log in on our machines (no iscsi_tcp module, LAB.md), so its flow is checked here against a fake
-iscsiadm that keeps iface, node and session state like the real one, on a real undo journal.
+log in on the lab (its kernel has no iscsi_tcp module and iscsiadm is not installed: lab/README.md),
+so its flow is checked here against a fake iscsiadm that keeps iface, node and session state like
+the real one, on a real undo journal.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,7 +19,10 @@ import pytest
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as ii
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiAttachError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal, UndoContext
+
+DO = UndoContext()
+PLAN = UndoContext(check_mode=True)
 
 SECRET = "s3cret-Chap-Value"
 MUTUAL = "mutual-Chap-Value"
@@ -58,7 +62,8 @@ class FakeHost(object):
         lines = [ln for ln in self.mountinfo.read_text().splitlines(True) if ln.split()[4] != esc]
         self.mountinfo.write_text("".join(lines))
 
-    def __call__(self, argv, data=None, pass_fds=(), timeout=None):
+    def __call__(self, argv, data=None, pass_fds=(), timeout=None, daemonizes=False):
+        assert timeout is not None and 0 < timeout < float("inf")  # every command is bounded
         self.calls.append(list(argv))
         prog = os.path.basename(argv[0])
         handler = getattr(self, "run_" + prog.replace("-", "_").replace(".", "_"), None)
@@ -240,7 +245,8 @@ def test_start_qsd_hands_the_secret_through_a_pipe(tmp_path, host, monkeypatch):
     cfg = ii.validate(params(tmp_path))
     seen = {}
 
-    def qsd(argv, data=None, pass_fds=(), timeout=None):
+    def qsd(argv, data=None, pass_fds=(), timeout=None, daemonizes=False):
+        assert daemonizes and timeout == ii.QSD_START_TIMEOUT  # only the foreground part is waited for
         (fd,) = pass_fds
         assert "file=/proc/self/fd/%d" % fd in " ".join(argv)
         seen["secret"] = os.read(fd, 100).decode()
@@ -287,10 +293,10 @@ def test_find_qsd_trusts_only_a_matching_command_line(tmp_path, host):
 def test_undo_qsd_not_running_and_dead_fuse_mount(tmp_path, host):
     export = str(tmp_path / "run" / "a.export")
     undo = {"export_id": "vmc-a-1", "export_file": export, "pid_file": str(tmp_path / "none.pid")}
-    assert ii._undo_qsd(undo, False) == "qemu-storage-daemon for vmc-a-1 was not running"
+    assert ii._undo_qsd(undo, DO) == "qemu-storage-daemon for vmc-a-1 was not running"
     host.add_mount(export, "0:55", "fuse", "/dev/fuse")  # the daemon was killed with SIGKILL
-    assert ii._undo_qsd(undo, True) == "would unmount the dead FUSE export %s" % export
-    assert ii._undo_qsd(undo, False) == "unmounted the dead FUSE export %s" % export
+    assert ii._undo_qsd(undo, PLAN) == "would unmount the dead FUSE export %s" % export
+    assert ii._undo_qsd(undo, DO) == "unmounted the dead FUSE export %s" % export
     assert ii.mount_at(export) is None
 
 
@@ -308,27 +314,27 @@ def test_mountinfo_and_loops(tmp_path, host):
     assert ii.loops_backed_by("/run/a.export") == [{"device": str(host.dev / "loop3"), "majmin": "7:3", "name": "loop3"}]
     undo = {"export_file": "/run/a.export"}
     with pytest.raises(IscsiAttachError, match="still mounted on /srv/with space"):
-        ii._undo_loop(undo, False)
+        ii._undo_loop(undo, DO)
     host.drop_mount("/srv/with space")
-    assert ii._undo_loop(undo, True) == "would detach %s" % (host.dev / "loop3")
-    assert ii._undo_loop({"export_file": "/run/none"}, False) == "no loop device was attached to /run/none"
+    assert ii._undo_loop(undo, PLAN) == "would detach %s" % (host.dev / "loop3")
+    assert ii._undo_loop({"export_file": "/run/none"}, DO) == "no loop device was attached to /run/none"
 
 
 def test_undo_mount_leaves_a_foreign_mount_alone(tmp_path, host):
     host.add_mount("/srv/mnt", "8:1", "ext4", "/dev/sda1")
-    assert "left alone" in ii._undo_mount({"mountpoint": "/srv/mnt", "export_file": "/run/a.export"}, False)
-    assert ii._undo_mount({"mountpoint": "/srv/none", "export_file": "/run/a.export"}, False) == "/srv/none was not mounted"
+    assert "left alone" in ii._undo_mount({"mountpoint": "/srv/mnt", "export_file": "/run/a.export"}, DO)
+    assert ii._undo_mount({"mountpoint": "/srv/none", "export_file": "/run/a.export"}, DO) == "/srv/none was not mounted"
 
 
 def test_undo_dir(tmp_path, host):
     d = tmp_path / "d"
     d.mkdir()
     (d / "f").write_text("x")
-    assert ii._undo_dir({"path": str(d)}, False) == "left %s: it is not empty" % d
+    assert ii._undo_dir({"path": str(d)}, DO) == "left %s: it is not empty" % d
     (d / "f").unlink()
-    assert ii._undo_dir({"path": str(d)}, True).startswith("would remove")
-    assert ii._undo_dir({"path": str(d)}, False) == "removed the folder %s" % d
-    assert ii._undo_dir({"path": str(d)}, False) == "%s was already gone" % d
+    assert ii._undo_dir({"path": str(d)}, PLAN).startswith("would remove")
+    assert ii._undo_dir({"path": str(d)}, DO) == "removed the folder %s" % d
+    assert ii._undo_dir({"path": str(d)}, DO) == "%s was already gone" % d
 
 
 # -- formatting rule -------------------------------------------------------------------------------------
@@ -388,6 +394,48 @@ def test_userspace_failed_login_takes_everything_back(tmp_path, host, journal, m
     assert journal.pending() == []
     assert info.value.details["rolled_back"][-1] == "removed the folder %s" % p["run_dir"]
     assert_no_secret(host)
+
+
+def test_any_exception_mid_attach_takes_everything_back(tmp_path, host, journal, monkeypatch):
+    """Not only IscsiAttachError: an OSError after the daemon started is rolled back and reported as a sentence."""
+    monkeypatch.setattr(ii, "start_qsd", lambda cfg, export_file, pid_file: 4242)
+    monkeypatch.setattr(ii, "start_watchdog", lambda cfg, pid, note_file: 4343)
+
+    def broken_loop(export_file, read_only=False):
+        raise OSError(5, "Input/output error", export_file)
+
+    monkeypatch.setattr(ii, "attach_loop", broken_loop)
+    p = params(tmp_path)
+    with pytest.raises(IscsiAttachError) as info:
+        ii.attach(journal, p)
+    assert info.value.message.startswith("Attaching LUN 1 of %s on %s failed: OSError: " % (IQN, p["mountpoint"]))
+    assert "Input/output error" in info.value.message and "was taken back" in info.value.message
+    assert info.value.details["error_type"] == "OSError"
+    assert info.value.details["rolled_back"][-1] == "removed the folder %s" % p["run_dir"]
+    assert journal.pending() == [] and not os.path.exists(p["run_dir"])
+
+
+def test_a_bug_mid_attach_is_rolled_back_too(tmp_path, host, journal, monkeypatch):
+    """open-iscsi: logged in, then a RuntimeError; the session, node record and iface are all taken back."""
+    def broken(cfg, portal, timeout=None):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(ii, "wait_for_lun_device", broken)
+    with pytest.raises(IscsiAttachError, match="failed: RuntimeError: something nobody expected") as info:
+        ii.attach(journal, oi_params(tmp_path))
+    assert host.sessions == set() and host.nodes == {} and host.ifaces == set()
+    assert any("log" in r and "out" in r for r in info.value.details["rolled_back"])
+    assert journal.pending() == []
+
+
+def test_an_interrupt_mid_attach_is_rolled_back_and_stays_an_interrupt(tmp_path, host, journal, monkeypatch):
+    def interrupted(cfg, portal, timeout=None):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(ii, "wait_for_lun_device", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ii.attach(journal, oi_params(tmp_path))
+    assert host.sessions == set() and host.ifaces == set() and journal.pending() == []
 
 
 def test_check_mode_changes_nothing(tmp_path, host, journal):

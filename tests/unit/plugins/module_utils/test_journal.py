@@ -26,14 +26,14 @@ for _level in range(7):
 
 
 @j.undo_handler("test.append")
-def _undo_append(undo, check_mode):
-    if not check_mode:
+def _undo_append(undo, ctx):
+    if not ctx.check_mode:
         CALLS.append(undo["n"])
     return "undid %s" % undo["n"]
 
 
 @j.undo_handler("test.fail_once")
-def _undo_fail_once(undo, check_mode):
+def _undo_fail_once(undo, ctx):
     if os.path.exists(undo["flag"]):
         os.unlink(undo["flag"])
         raise RuntimeError("the disk is busy")
@@ -213,3 +213,96 @@ def test_sysctl_handler_leaves_a_value_as_found_alone(journal):
         value = f.read().strip()
     journal.record_change("sysctl", {"name": "kernel.ostype", "original": value}, "read-only sysctl")
     assert journal.teardown()["undone"][0]["result"] == "kernel.ostype is %s as found" % value
+
+
+# -- the one replay loop and the handlers' context ---------------------------------------------------
+
+SEEN = []
+PASSWORD = "Pa55-w0rd-never-written"
+
+
+@j.undo_handler("test.remote")
+def _undo_remote(undo, ctx):
+    """A provider whose change lives on another system: it logs in with teardown's options."""
+    SEEN.append((dict(ctx.options), ctx.check_mode, repr(ctx)))
+    if undo.get("fail"):
+        opts = ctx.options
+        raise RuntimeError("login to %s as %s with %s refused" % (opts["hostname"], opts["username"], opts["password"]))
+    # a careless handler that says too much: the replay masks it before the journal or the task sees it
+    said = "removed the snapshot on %s (logged in with %s)" % (ctx.options["hostname"], ctx.options["password"])
+    return said + (", session %s" % ctx.options["session"] if "session" in ctx.options else "")
+
+
+@pytest.fixture(autouse=True)
+def _reset_seen():
+    del SEEN[:]
+
+
+def test_replay_undoes_the_records_given_newest_first_and_marks_each(journal):
+    ids = [journal.record_change("test.append", {"n": n}, "change %d" % n) for n in range(4)]
+    chosen = [r for r in journal.pending() if r["id"] in (ids[0], ids[2])]
+    undone = journal.replay(list(reversed(chosen)))  # the order given does not matter: newest first
+    assert CALLS == [2, 0]
+    assert [(u["id"], u["action"], u["description"], u["result"]) for u in undone] == [
+        (ids[2], "test.append", "change 2", "undid 2"), (ids[0], "test.append", "change 0", "undid 0")]
+    assert [r["undo"]["n"] for r in journal.pending()] == [3, 1]
+    undone_records = [r for r in journal.records() if r["kind"] == "undone"]
+    assert [(r["ref"], r["result"]) for r in undone_records] == [(ids[2], "undid 2"), (ids[0], "undid 0")]
+
+
+def test_replay_in_check_mode_marks_nothing(journal):
+    journal.record_change("test.append", {"n": 5}, "five")
+    before = open(journal.path).read()
+    assert [u["result"] for u in journal.replay(journal.pending(), j.UndoContext(check_mode=True))] == ["undid 5"]
+    assert CALLS == [] and open(journal.path).read() == before
+
+
+def test_replay_stops_at_the_first_failure_with_teardowns_sentence(journal, tmp_path):
+    flag = str(tmp_path / "busy")
+    open(flag, "w").close()
+    journal.record_change("test.append", {"n": 1}, "first change")
+    journal.record_change("test.fail_once", {"flag": flag}, "second change")
+    journal.record_change("test.append", {"n": 3}, "third change")
+    with pytest.raises(JournalError) as info:
+        journal.replay(journal.pending())
+    assert info.value.message == ("Undoing 'second change' failed: the disk is busy. 2 earlier change(s) are still in "
+                                  "place; fix the cause and run teardown again.")
+    assert [u["description"] for u in info.value.details["undone"]] == ["third change"]
+    assert info.value.details["failed_change"]["description"] == "second change"
+    assert CALLS == [3]
+
+
+def test_replay_refuses_an_action_without_handler(journal):
+    journal.record_change("test.append", {"n": 1}, "one")
+    rec = dict(journal.pending()[0], action="nobody.knows")
+    with pytest.raises(JournalError, match="this version cannot undo"):
+        journal.replay([rec])
+
+
+def test_handlers_get_teardowns_options_and_nothing_of_them_is_written(journal):
+    journal.record_change("test.remote", {"snapshot": "snap-1"}, "snapshot on the ESXi host")
+    options = {"hostname": "esxi1.lab", "username": "root", "password": PASSWORD}
+    result = journal.teardown(options=options, remove_when_done=False)
+    assert SEEN[0][0] == options and SEEN[0][1] is False
+    assert PASSWORD not in SEEN[0][2] and "password" in SEEN[0][2]  # the repr names the keys, not the values
+    assert result["undone"][0]["result"] == "removed the snapshot on esxi1.lab (logged in with ********)"
+    assert PASSWORD not in json.dumps(result)
+    assert PASSWORD not in open(journal.path).read()
+
+
+def test_a_failing_handlers_message_is_masked_too(journal):
+    journal.record_change("test.remote", {"fail": True}, "snapshot on the ESXi host")
+    with pytest.raises(JournalError) as info:
+        journal.teardown(options={"hostname": "esxi1.lab", "username": "root", "password": PASSWORD})
+    assert "login to esxi1.lab as root with ******** refused" in info.value.message
+    assert PASSWORD not in str(info.value) and PASSWORD not in json.dumps(info.value.details)
+    assert PASSWORD not in open(journal.path).read()
+
+
+def test_secrets_given_explicitly_are_masked(journal):
+    """teardown passes AnsibleModule.no_log_values: whatever the option is called."""
+    journal.record_change("test.remote", {}, "x")
+    result = journal.teardown(options={"hostname": "h", "username": "u", "password": "p1", "session": "tok-42"},
+                              secrets=("tok-42",), check_mode=True)
+    assert SEEN[0][1] is True
+    assert result["undone"][0]["result"] == "removed the snapshot on h (logged in with ********), session ********"

@@ -17,6 +17,7 @@ import threading
 
 import pytest
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import space
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as km
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import migration_stream as ms
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, MigrationStreamError
@@ -356,9 +357,12 @@ def test_qemu_identity_from_the_live_xml(tmp_path):
 def test_linear_ram_limit_and_space():
     assert km.linear_ram_limit("pc-i440fx-7.2") == 0xE0000000
     assert km.linear_ram_limit("pc-q35-7.2") == 0xB0000000
-    assert km.needed_bytes(256 * km.MIB, "pmemsave") == 320 * km.MIB
-    assert km.needed_bytes(256 * km.MIB, "background_snapshot") == 576 * km.MIB
-    assert km.needed_bytes(100 * 1024 * km.MIB, "core_dump") == 101 * 1024 * km.MIB
+    # pmemsave checks the space rule evidence_plan sums up, not a rule of its own
+    assert km.memory_need is space.memory_need and km.free_bytes is space.free_bytes
+    assert set(km.METHODS) == set(space.MEMORY_METHODS) - {"none"}
+    assert km.memory_need(256 * km.MIB, "pmemsave") == 320 * km.MIB
+    assert km.memory_need(256 * km.MIB, "background_snapshot") == 576 * km.MIB
+    assert km.memory_need(100 * 1024 * km.MIB, "core_dump") == 101 * 1024 * km.MIB
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make folders of other owners")

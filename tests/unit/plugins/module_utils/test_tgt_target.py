@@ -14,7 +14,10 @@ import pytest
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as t
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS, Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS, Journal, UndoContext
+
+DO = UndoContext()
+PLAN = UndoContext(check_mode=True)
 
 GOOD = dict(backing_file="/evidence/c/kvm1.lun", size="20G", initiator_iqn="iqn.2026-11.io.x:init",
             initiator_addresses=["10.0.0.2"], portal_address="10.0.0.1", chap_user="u1",
@@ -164,12 +167,12 @@ def test_undo_backing_keeps_unless_asked(tmp_path):
     path = str(tmp_path / "lun")
     t.create_sparse(path, 4096)
     undo = UNDO_HANDLERS[t.A_BACKING]
-    assert undo({"path": path}, False).startswith("kept")
+    assert undo({"path": path}, DO).startswith("kept")
     assert os.path.exists(path)
-    assert undo({"path": path, "remove": True}, True).startswith("would remove")
-    assert undo({"path": path, "remove": True}, False).startswith("removed")
+    assert undo({"path": path, "remove": True}, PLAN).startswith("would remove")
+    assert undo({"path": path, "remove": True}, DO).startswith("removed")
     assert not os.path.exists(path)
-    assert undo({"path": path, "remove": True}, False).endswith("not there")
+    assert undo({"path": path, "remove": True}, DO).endswith("not there")
 
 
 def test_every_action_has_a_handler():
@@ -179,7 +182,7 @@ def test_every_action_has_a_handler():
 
 
 def test_undo_readonly_never_makes_writable():
-    assert "left read-only" in t.undo_readonly({"lun": 1, "target_iqn": "iqn.2026-11.x:y"}, False)
+    assert "left read-only" in t.undo_readonly({"lun": 1, "target_iqn": "iqn.2026-11.x:y"}, DO)
 
 
 class FakeApt(object):
@@ -190,7 +193,8 @@ class FakeApt(object):
         self.guard_path = guard_path
         self.guard_seen = None
 
-    def __call__(self, argv, data=None, env=None):
+    def __call__(self, argv, data=None, env=None, timeout=None):
+        assert timeout is None or 0 < timeout <= t.APT_TIMEOUT
         self.calls.append((argv, env))
         if argv[:2] == ["apt-get", "-s"]:
             return 0, "NOTE: simulation\nInst libconfig-general-perl (2.65-2 Debian:12)\nInst tgt (1:1.0.85-1)\n" \
@@ -246,7 +250,7 @@ def test_install_refused_with_a_permissive_policy(tmp_path, monkeypatch):
     monkeypatch.setattr(t, "POLICY_RC_D", str(guard))
     calls = []
 
-    def fake(argv, data=None, env=None):
+    def fake(argv, data=None, env=None, timeout=None):
         calls.append(argv)
         if argv[:2] == ["apt-get", "-s"]:
             return 0, "Inst tgt (1)\n", ""
@@ -263,4 +267,4 @@ def test_install_refused_with_a_permissive_policy(tmp_path, monkeypatch):
 
 def test_undo_packages_not_installed(monkeypatch):
     monkeypatch.setattr(t, "run", lambda argv, data=None, env=None: (1, "", "no packages found"))
-    assert t.undo_packages({"packages": ["tgt"]}, False) == "package(s) tgt: not installed"
+    assert t.undo_packages({"packages": ["tgt"]}, DO) == "package(s) tgt: not installed"
