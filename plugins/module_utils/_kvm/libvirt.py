@@ -604,6 +604,18 @@ def _known_text(known):
     return shown
 
 
+@contextlib.contextmanager
+def domain_for_undo(uri, uuid):
+    """For undo handlers: ``(conn, domain)`` of the VM with ``uuid`` in an open connection, the domain None when
+    the VM is gone (each handler says in its own words what that means for its change)."""
+    with connect(uri) as conn:
+        try:
+            dom = find_domain(conn, uuid=uuid)
+        except DomainNotFoundError:
+            dom = None
+        yield conn, dom
+
+
 def find_domain(conn, name=None, uuid=None):
     """The VM named ``name`` or with UUID ``uuid`` (exactly one of them); DomainNotFoundError if none."""
     if (name is None) == (uuid is None):

@@ -57,6 +57,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.space imp
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext, undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt*: None without the bindings
     connect,
+    domain_for_undo,
     find_domain,
     libvirt,
     libvirt_errors,
@@ -680,10 +681,8 @@ def _done_changes(p, out):
 @libvirt_errors("resume the VM", teardown_hint=False)
 def undo_suspend(undo, ctx):
     """Resume a VM that a memory copy paused, if it is still paused (a kill -9 mid-copy)."""
-    with connect(undo["uri"]) as conn:
-        try:
-            dom = find_domain(conn, uuid=undo["uuid"])
-        except DomainNotFoundError:
+    with domain_for_undo(undo["uri"], undo["uuid"]) as (dummy, dom):
+        if dom is None:
             return "VM %s (%s) is gone; nothing to resume" % (undo["name"], undo["uuid"])
         state, reason = dom.state(0)
         if state != libvirt.VIR_DOMAIN_PAUSED or reason != libvirt.VIR_DOMAIN_PAUSED_USER:
@@ -698,10 +697,8 @@ def undo_suspend(undo, ctx):
 @libvirt_errors("turn the migration capability back off", teardown_hint=False)
 def undo_capability(undo, ctx):
     """Turn a migration capability back off (cancelling a snapshot still running after a crash)."""
-    with connect(undo["uri"]) as conn:
-        try:
-            dom = find_domain(conn, uuid=undo["uuid"])
-        except DomainNotFoundError:
+    with domain_for_undo(undo["uri"], undo["uuid"]) as (dummy, dom):
+        if dom is None:
             return "VM %s (%s) is gone, and its capability with it" % (undo["name"], undo["uuid"])
         if not dom.isActive():
             return "VM %s is not running; its QEMU and the capability are gone" % undo["name"]

@@ -33,6 +33,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt: None without the bindings
     connect,
+    domain_for_undo,
     libvirt_errors,
     disk_sizes,
     find_domain,
@@ -304,10 +305,8 @@ def _restore_persistent_sources(conn, dom, disks):
 def undo_freeze(undo, ctx):
     """Merge every overlay back and remove it; restore the persistent definition if needed."""
     done = []
-    with connect(undo["uri"]) as conn:
-        try:
-            dom = find_domain(conn, uuid=undo["uuid"])
-        except DomainNotFoundError:
+    with domain_for_undo(undo["uri"], undo["uuid"]) as (conn, dom):
+        if dom is None:
             left = [d["overlay"] for d in undo["disks"] if os.path.exists(d["overlay"])]
             if not left:
                 return "VM %s (%s) is gone and no overlay is left" % (undo["name"], undo["uuid"])

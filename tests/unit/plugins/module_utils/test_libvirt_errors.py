@@ -62,6 +62,7 @@ def vanishing(monkeypatch):
             return dom
 
         monkeypatch.setattr(module, "find_domain", find_then_undefine)
+        monkeypatch.setattr(lv, "find_domain", find_then_undefine)  # undo handlers look the VM up through lv
     return install
 
 
