@@ -282,6 +282,33 @@ def test_second_run_copies_nothing_again_and_never_writes_the_verified_volume(is
     assert "Already in the case: 3 artifact(s) re-hashed and unchanged" in out
 
 
+def test_a_vm_not_on_a_sealed_volume_is_refused_and_the_volume_stays_as_it_was(iscsi, lab, ansible_playbook, tmp_path):
+    """The case's volume was verified: a rerun that names one more VM attaches it read-only, re-verifies what it
+    holds, refuses the new VM with a sentence, and writes nothing there."""
+    name = "vmc-e2e-sealed-extra"
+    disk = os.path.join(iscsi["work"], "sealed-extra.raw")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    xml = str(tmp_path / "extra.xml")
+    with open(xml, "w") as f:
+        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, disk))
+    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    try:
+        args = _args(lab, iscsi["work"], CASE, [lab["guest"]["name"], name])
+        result = ansible_playbook(PLAYBOOK, *args)
+    finally:
+        subprocess.run(VIRSH + ["undefine", name], check=False, stdout=subprocess.DEVNULL)
+        os.unlink(disk)
+    assert result.returncode != 0
+    assert "evidence volume is sealed (mounted read-only), but it holds no evidence of %s" % name in result.stdout
+    assert "Read-only file system" not in result.stdout
+    assert _sha256(iscsi["backing"]) == iscsi["first_digest"]
+    assert _host_traces(lab, iscsi["work"], CASE) == []
+
+
 def test_lun_too_small_is_refused_before_anything_changes(iscsi, lab, ansible_playbook):
     work = iscsi["work"]
     case = "case-iscsi-small"
