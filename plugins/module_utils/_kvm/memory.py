@@ -45,7 +45,6 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     DestinationError,
-    DomainNotFoundError,
     InvalidInputError,
     MemoryAcquisitionError,
     VmcollectError,

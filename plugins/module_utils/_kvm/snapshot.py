@@ -28,7 +28,7 @@ import os
 import time
 import xml.etree.ElementTree as ET
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DomainNotFoundError, SnapshotError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import SnapshotError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import (  # libvirt: None without the bindings
