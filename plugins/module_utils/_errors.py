@@ -85,3 +85,7 @@ class IscsiTargetError(VmcollectError):
 
 class IscsiAttachError(VmcollectError):
     """An iSCSI LUN cannot be attached, formatted, mounted or detached on the host."""
+
+
+class LockHeldError(VmcollectError):
+    """A case or a VM is locked by another run; nothing was changed."""

@@ -38,6 +38,8 @@ options:
       - The KVM acquisition role tears down each VM with O(keep_modules=[iscsi_attach]), so the
         evidence volume stays attached for the next VM; the volume is detached at the end, and a
         plain teardown (the recovery playbook) undoes everything.
+      - The acquisition role always adds V(case_lock) - the case stays locked for the run until its end, while each
+        VM's lock (recorded as made by C(vm_lock)) is released with the VM.
       - The journal is removed only when nothing is left in it to undo.
     type: list
     elements: str
@@ -138,6 +140,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal im
 
 # Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
 # without it, those records fail to undo with the handler's own message.
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import lock as _journal_lock  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import snapshot as _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as _iscsi_target  # noqa: F401 pylint: disable=unused-import

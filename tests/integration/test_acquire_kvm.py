@@ -39,6 +39,11 @@ def _recap(stdout, host="kvm1"):
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
 
 
+def _freeze_applied(journal_text):
+    """The journal shows the disks frozen: the case's lock, the VM's and the snapshot are applied, in that order."""
+    return '"kvm.external_snapshot"' in journal_text and journal_text.count('"kind": "applied"') >= 3
+
+
 def _heartbeats(lab):
     with open(lab["guest"]["console_log"], "rb") as f:
         return [int(n) for n in re.findall(rb"LAB-HEARTBEAT (\d+)", f.read())]
@@ -134,10 +139,27 @@ def test_evidence_verifies_and_equals_the_disks(acquisition, lab):
     assert "change" in kinds and "undone" in kinds  # the journal's records are kept with the case
 
 
+def _changed_tasks(stdout):
+    """The names of the tasks that reported a change, in order."""
+    task, out = None, []
+    for line in stdout.splitlines():
+        m = re.match(r"^TASK \[(.*)\]", line)
+        if m:
+            task = m.group(1)
+        elif line.startswith("changed:") and task not in out:
+            out.append(task)
+    return out
+
+
 def test_second_run_changes_nothing(acquisition):
+    """Nothing but the case lock, taken and released again: the host is left as found."""
     out = acquisition["second"].stdout
     assert acquisition["second"].returncode == 0, out[-5000:]
-    assert _recap(out)["changed"] == 0, out[-5000:]
+    changed = _changed_tasks(out)
+    assert [t.split(" : ")[-1].split(" (")[0] for t in changed] == ["Lock the case on this host for this run",
+                                                                    "Release the case lock"], out[-5000:]
+    assert _recap(out)["changed"] == 2, out[-5000:]
+    assert not os.path.exists(os.path.join(acquisition["journal"], "case-e2e-1"))
 
 
 def test_too_small_destination_is_refused_before_anything_changes(acquisition, lab, ansible_playbook):
@@ -194,7 +216,7 @@ def test_kill_9_of_the_playbook_then_teardown_playbook_restores_the_host(acquisi
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until the freeze is applied, then kill the whole run
-            if os.path.exists(journal_file) and '"kind": "applied"' in open(journal_file).read():
+            if os.path.exists(journal_file) and _freeze_applied(open(journal_file).read()):
                 break
             time.sleep(0.05)
         else:
@@ -213,6 +235,8 @@ def test_kill_9_of_the_playbook_then_teardown_playbook_restores_the_host(acquisi
     assert _out(VIRSH + ["dumpxml", "--inactive", guest["name"]]) == acquisition["xml_before"]
     assert _out(VIRSH + ["domblklist", guest["name"]]) == acquisition["live_disks_before"]
     assert not os.path.exists(journal_file)
+    assert not os.path.exists(os.path.join(acquisition["journal"], "case-e2e-kill", "vmc-kvm.lock.json"))
+    assert not os.path.exists(os.path.join(acquisition["journal"], "vm-locks"))
     leftovers = [f for f in os.listdir(os.path.dirname(guest["disks"][0]["path"])) if ".vmcollect-" in f]
     assert leftovers == []
     with open("/proc/sys/vm/unprivileged_userfaultfd") as f:
@@ -234,7 +258,7 @@ def test_libvirtd_restarted_mid_run(acquisition, lab):
                             universal_newlines=True)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if os.path.exists(journal_file) and '"kind": "applied"' in open(journal_file).read():
+        if os.path.exists(journal_file) and _freeze_applied(open(journal_file).read()):
             break
         time.sleep(0.05)
     frozen_at_restart = ".vmcollect-case-e2e-lvd" in _out(VIRSH + ["domblklist", guest["name"]])
@@ -316,3 +340,91 @@ def test_the_transport_is_chosen_before_any_play_and_agrees_with_make_demo(ansib
     assert plays and plays[0].startswith(first_play), listed.stdout
     demo = open(os.path.join(ROOT, "scripts", "demo.sh")).read()
     assert "TRANSPORT=${TRANSPORT:-iscsi}" in demo
+
+
+def _start(lab, args):
+    return subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
+                            env=ansible_env(lab), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True)
+
+
+def _wait_for(path, proc, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(path):
+            try:
+                return json.load(open(path))
+            except ValueError:
+                pass  # never half-written; a race with its removal at most
+        time.sleep(0.05)
+    out = proc.communicate()[0] if proc.poll() is not None else ""
+    pytest.fail("%s never appeared: %s" % (path, out[-3000:]))
+
+
+def _case_args(acquisition, case):
+    args = list(acquisition["args"])
+    args[args.index("kvm_acquire_case_id=case-e2e-1")] = "kvm_acquire_case_id=" + case
+    args[args.index("kvm_acquire_memory_method=background_snapshot")] = "kvm_acquire_memory_method=none"
+    return args
+
+
+def test_two_runs_of_one_case_at_once_the_second_is_refused_and_changes_nothing(acquisition, lab, ansible_playbook):
+    """Run B of a case starts while run A holds it: B is refused at once naming A, tears nothing down (the journal
+    is A's), and A completes with evidence that verifies."""
+    case = "case-e2e-twin"
+    args = _case_args(acquisition, case)
+    journal_file = os.path.join(acquisition["journal"], case, "vmc-kvm.jsonl")
+    run_a = _start(lab, args)
+    try:
+        lock_a = _wait_for(os.path.join(acquisition["journal"], case, "vmc-kvm.lock.json"), run_a)
+        started = time.time()
+        run_b = ansible_playbook(PLAYBOOK, *args)
+        b_took = time.time() - started
+        out_a = run_a.communicate(timeout=600)[0]
+    finally:
+        if run_a.poll() is None:
+            run_a.kill()
+    out_b = run_b.stdout
+    assert run_b.returncode != 0 and b_took < 30, out_b[-4000:]
+    for part in ("The case %s is locked on vmc-kvm (run %s" % (case, lock_a["run_id"]),
+                 "ansible-playbook pid %d" % run_a.pid, "step 'acquire'",
+                 "playbooks/teardown.yml for case %s" % case, "Nothing was changed."):
+        assert part in out_b, (part, out_b[-4000:])
+    assert _recap(out_b)["changed"] == 0, out_b[-4000:]
+    assert "Undo every change to the host" not in out_b  # B never tore down A's case
+    assert run_a.returncode == 0, out_a[-5000:]
+    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=os.path.join(acquisition["evidence"], case),
+                   check=True, stdout=subprocess.DEVNULL)
+    manifest = json.load(open(os.path.join(acquisition["evidence"], case, "manifest.json")))
+    locks = [e for e in manifest.get("events", []) if e.get("action") == "lock.held"]
+    assert locks and all(e["undo"]["run_id"] == lock_a["run_id"] for e in locks), locks  # nothing journaled by B
+    assert not os.path.exists(journal_file)
+    assert _out(VIRSH + ["dumpxml", "--inactive", lab["guest"]["name"]]) == acquisition["xml_before"]
+    assert _out(VIRSH + ["domblklist", lab["guest"]["name"]]) == acquisition["live_disks_before"]
+
+
+def test_two_cases_on_one_vm_at_once_the_second_is_refused_naming_the_first(acquisition, lab, ansible_playbook):
+    guest = lab["guest"]["name"]
+    uuid = _out(VIRSH + ["domuuid", guest]).strip()
+    first, second = "case-e2e-vm-a", "case-e2e-vm-b"
+    run_a = _start(lab, _case_args(acquisition, first))
+    try:
+        lock_a = _wait_for(os.path.join(acquisition["journal"], "vm-locks", uuid + ".json"), run_a)
+        run_b = ansible_playbook(PLAYBOOK, *_case_args(acquisition, second))
+        out_a = run_a.communicate(timeout=600)[0]
+    finally:
+        if run_a.poll() is None:
+            run_a.kill()
+    out_b = run_b.stdout
+    assert run_b.returncode != 0, out_b[-4000:]
+    assert "The VM %s (%s) is locked on vmc-kvm by case %s (run %s" % (guest, uuid, first, lock_a["run_id"]) in out_b, \
+        out_b[-4000:]
+    assert "playbooks/teardown.yml for case %s" % first in out_b
+    assert run_a.returncode == 0, out_a[-5000:]
+    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=os.path.join(acquisition["evidence"], first),
+                   check=True, stdout=subprocess.DEVNULL)
+    # the second case released its own case lock and left no journal; the VM is as before
+    assert not os.path.exists(os.path.join(acquisition["journal"], second))
+    assert not os.path.exists(os.path.join(acquisition["journal"], "vm-locks"))
+    assert _out(VIRSH + ["dumpxml", "--inactive", guest]) == acquisition["xml_before"]
+    assert _out(VIRSH + ["domblklist", guest]) == acquisition["live_disks_before"]

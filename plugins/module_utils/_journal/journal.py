@@ -185,14 +185,30 @@ class Journal(object):
         created = []
         if not os.path.isdir(self.case_dir):
             created = _makedirs_recorded(self.case_dir)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                # the journal's folder was removed with another journal meanwhile: make it again
+                created = _makedirs_recorded(self.case_dir)
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink:
+                break
+            # the journal was removed (its last change undone) between our open and our lock: write a new one
+            os.close(fd)
+            if not os.path.isdir(self.case_dir):
+                created = _makedirs_recorded(self.case_dir)
+        try:
             size = os.fstat(fd).st_size
             seq = self._next_seq() if size else 1
             if not size:
                 # the first record says which folders the journal had to create, so the
-                # final teardown can remove them too
+                # final teardown can remove them too; the journals of other hosts in the same folder (a
+                # journal folder shared between hosts) hand theirs on, so the last journal removed removes them
+                created = self._siblings_created_dirs(created)
                 first = {"seq": seq, "kind": "journal", "time": utc_now(), "case_id": self.case_id,
                          "host": self.hostname, "created_dirs": created}
                 os.write(fd, (json.dumps(first, sort_keys=True) + "\n").encode("utf-8"))
@@ -206,6 +222,26 @@ class Journal(object):
         if not size:
             fsync_dir(self.case_dir)
         return record
+
+    def _siblings_created_dirs(self, created):
+        """``created`` plus the folders the other hosts' journals of this case say they created."""
+        result = list(created)
+        try:
+            names = sorted(os.listdir(self.case_dir))
+        except OSError:
+            return result
+        for name in names:
+            other = os.path.join(self.case_dir, name)
+            if not name.endswith(".jsonl") or other == self.path:
+                continue
+            try:
+                with open(other, "rb") as f:
+                    first = json.loads(f.readline().decode("utf-8"))
+            except (IOError, OSError, ValueError):
+                continue
+            if isinstance(first, dict) and first.get("kind") == "journal":
+                result.extend(d for d in first.get("created_dirs", []) if d not in result)
+        return sorted(result, key=len)
 
     def _next_seq(self):
         records = self.records()
@@ -287,6 +323,22 @@ class Journal(object):
                 "kept": [r["description"] for r in kept], "records": records, "removed": removed}
 
     def _remove(self):
+        """Remove the journal and the folders it created, under its lock, unless a change was appended meanwhile."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.pending():
+                return False
+            return self._remove_locked()
+        finally:
+            os.close(fd)
+
+    def _remove_locked(self):
         records = self.records()
         created = []
         for r in records:

@@ -68,6 +68,18 @@ def test_records_first_then_undone_newest_first_then_removed(journal, tmp_path):
     assert result["removed"] and not os.path.exists(str(tmp_path / "var"))
 
 
+def test_a_journal_folder_shared_by_two_hosts_is_removed_by_the_last_journal(journal, tmp_path):
+    """Two hosts with one journal folder (the lab's KVM host and collector): whichever journal is removed last
+    removes the folders the first one created."""
+    other = j.Journal("case-42", journal.journal_dir, hostname="hostB")
+    journal.record_change("test.append", {"n": 0}, "change A", module="unit")
+    other.record_change("test.append", {"n": 1}, "change B", module="unit")
+    assert journal.teardown()["removed"]
+    assert os.path.isdir(journal.case_dir)  # hostB's journal is still in it
+    assert other.teardown()["removed"]
+    assert not os.path.exists(str(tmp_path / "var"))
+
+
 def test_keep_modules_leaves_their_changes_and_the_journal_until_a_full_teardown(journal, tmp_path):
     journal.record_change("test.append", {"n": 0}, "attach the volume", module="iscsi_attach")
     journal.record_change("test.append", {"n": 1}, "freeze the disks", module="take_snapshot")
@@ -306,3 +318,26 @@ def test_secrets_given_explicitly_are_masked(journal):
                               secrets=("tok-42",), check_mode=True)
     assert SEEN[0][1] is True
     assert result["undone"][0]["result"] == "removed the snapshot on h (logged in with ********), session ********"
+
+
+def test_an_append_to_a_journal_removed_meanwhile_writes_a_new_one(journal, monkeypatch):
+    """A run's last undo removes the journal while another process is about to append: the record is not lost in
+    the removed file."""
+    journal.record_change("test.append", {"n": 0}, "change 0", module="unit")
+    real = j.fcntl.flock
+    removed = []
+
+    def flock(fd, op):
+        if op == j.fcntl.LOCK_EX and not removed:
+            removed.append(1)
+            os.unlink(journal.path)
+        return real(fd, op)
+
+    monkeypatch.setattr(j.fcntl, "flock", flock)
+    journal.record_change("test.append", {"n": 1}, "change 1", module="unit")
+    assert removed and [r["undo"]["n"] for r in journal.pending()] == [1]
+
+
+def test_a_journal_with_pending_changes_is_never_removed(journal):
+    journal.record_change("test.append", {"n": 0}, "change 0", module="unit")
+    assert journal._remove() is False and journal.exists()  # pylint: disable=protected-access
