@@ -56,6 +56,16 @@ def _records(backing):
         return [json.loads(line) for line in f]
 
 
+def _define_shut_off_vm(name, disk, xml):
+    """Define (not start) a 64 MiB VM whose one disk is the raw file ``disk``."""
+    with open(xml, "w") as f:
+        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, disk))
+    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+
+
 def _recap(stdout, host):
     m = re.search(r"^%s\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % host, stdout, re.M)
     assert m, stdout[-3000:]
@@ -289,13 +299,7 @@ def test_a_vm_not_on_a_sealed_volume_is_refused_and_the_volume_stays_as_it_was(i
     disk = os.path.join(iscsi["work"], "sealed-extra.raw")
     with open(disk, "wb") as f:
         f.truncate(1 << 20)
-    xml = str(tmp_path / "extra.xml")
-    with open(xml, "w") as f:
-        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64' machine='pc'>hvm</type></os>
-<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/>
-<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, disk))
-    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    _define_shut_off_vm(name, disk, str(tmp_path / "extra.xml"))
     try:
         args = _args(lab, iscsi["work"], CASE, [lab["guest"]["name"], name])
         result = ansible_playbook(PLAYBOOK, *args)
@@ -344,13 +348,7 @@ def slow_vm(lab, tmp_path):
     disk = os.path.join(folder, "big.raw")
     with open(disk, "wb") as f:
         f.write(os.urandom(48 << 20))
-    xml = str(tmp_path / "linkcut.xml")
-    with open(xml, "w") as f:
-        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64' machine='pc'>hvm</type></os>
-<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/>
-<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, disk))
-    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    _define_shut_off_vm(name, disk, str(tmp_path / "linkcut.xml"))
     ns = ["ip", "netns", "exec", lab["hosts"][0]["netns"]]
     subprocess.run(ns + ["tc", "qdisc", "replace", "dev", "stor0", "root", "tbf", "rate", "24mbit", "burst", "32kbit",
                          "latency", "400ms"], check=True)
