@@ -153,7 +153,10 @@ digests:
   type: dict
   sample: {sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}
 pause_ms:
-  description: Total time the guest was paused, from libvirt's SUSPENDED and RESUMED events (0 if none came).
+  description:
+    - Total time the guest was paused, from libvirt's SUSPENDED and RESUMED events (0 if none came).
+    - For O(method=background_snapshot), QEMU's own measure of the pause (C(qemu_downtime_ms) in RV(stream)) when that is
+      longer, since events delivered together measure next to nothing.
   returned: success and not check mode
   type: float
   sample: 4.1

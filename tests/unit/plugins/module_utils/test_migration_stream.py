@@ -379,3 +379,11 @@ def test_untraversable():
         assert km.untraversable(inner, 64055, 64055) is None
     finally:
         shutil.rmtree(base)
+
+
+def test_the_recorded_pause_is_never_less_than_qemu_measured():
+    # SUSPENDED and RESUMED received in one batch: the events say 0.0 ms, QEMU says 2 ms
+    assert km.guest_pause_ms([0.0], 2) == 2.0
+    assert km.guest_pause_ms([3.25, 1.0], 2) == 4.2  # the events' sum when it is longer
+    assert km.guest_pause_ms([0.0, 0.0]) == 0.0  # no QEMU measure: the events alone
+    assert km.guest_pause_ms([], None) == 0.0
