@@ -25,3 +25,20 @@ options:
     type: path
     default: /var/lib/dfir-vmcollect/journal
 """
+
+    # a module that changes no host but works for a case: journaled while at work, so the case's teardown can stop it
+    AT_WORK = r"""
+options:
+  case_id:
+    description:
+      - The case this module works for. While it works, it is written in the case's undo journal on the host
+        (its pid and what it does), and M(dfir.vmcollect.teardown) of the case stops it (SIGTERM, then SIGKILL)
+        before it undoes anything else, for example after the playbook was killed.
+      - Without it, nothing is journaled.
+      - Letters, digits, V(.), V(_) and V(-), at most 128, starting with a letter or digit.
+    type: str
+  journal_dir:
+    description: Folder of the undo journals on the host (used with O(case_id)).
+    type: path
+    default: /var/lib/dfir-vmcollect/journal
+"""

@@ -23,9 +23,11 @@ def kvm_vm_spec():
     )
 
 
-def journal_spec():
-    """case_id / journal_dir: the case's undo journal on the host (doc fragment dfir.vmcollect.journal)."""
+def journal_spec(required=True):
+    """case_id / journal_dir: the case's undo journal on the host (doc fragment dfir.vmcollect.journal, or
+    dfir.vmcollect.journal.at_work when ``required`` is false: a module that changes nothing but is journaled while
+    at work, so that the case's teardown can stop it)."""
     return dict(
-        case_id=dict(type="str", required=True),
+        case_id=dict(type="str", required=required),
         journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
     )

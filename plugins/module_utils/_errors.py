@@ -89,3 +89,7 @@ class IscsiAttachError(VmcollectError):
 
 class LockHeldError(VmcollectError):
     """A case or a VM is locked by another run; nothing was changed."""
+
+
+class StoppedError(VmcollectError):
+    """The module was stopped (SIGTERM) while it worked for a case: the case's teardown stops what is still running."""

@@ -92,6 +92,7 @@ options:
     default: '0640'
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
+  - dfir.vmcollect.journal.at_work
 attributes:
   check_mode:
     support: full
@@ -272,6 +273,9 @@ state:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import DEFAULT_MODE, copy_evidence
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import DEFAULT_BLOCK_SIZE, SUPPORTED_ALGORITHMS
@@ -287,6 +291,7 @@ def argument_spec():
         progress_file=dict(type="path"),
         block_size=dict(type="int", default=DEFAULT_BLOCK_SIZE),
         mode=dict(type="raw", default="%04o" % DEFAULT_MODE),
+        **journal_spec(required=False)
     )
 
 
@@ -294,8 +299,10 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     p = module.params
     try:
-        result = copy_evidence(p["src"], p["dest"], p["algorithms"], p["expected"], p["force"], p["block_size"],
-                               p["mode"], p["progress_file"], check_mode=module.check_mode)
+        journal = Journal(p["case_id"], p["journal_dir"]) if p["case_id"] and not module.check_mode else None
+        with at_work(journal, "evidence_copy", "copy %s to %s" % (p["src"], p["dest"])):
+            result = copy_evidence(p["src"], p["dest"], p["algorithms"], p["expected"], p["force"], p["block_size"],
+                                   p["mode"], p["progress_file"], check_mode=module.check_mode)
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

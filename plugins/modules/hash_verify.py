@@ -66,6 +66,7 @@ options:
     default: 1048576
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
+  - dfir.vmcollect.journal.at_work
 attributes:
   check_mode:
     support: full
@@ -164,6 +165,9 @@ mismatches:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import (
     DEFAULT_BLOCK_SIZE,
@@ -180,6 +184,7 @@ def argument_spec():
         expected=dict(type="dict"),
         checksum_file=dict(type="path"),
         block_size=dict(type="int", default=DEFAULT_BLOCK_SIZE),
+        **journal_spec(required=False)
     )
 
 
@@ -192,7 +197,9 @@ def main():
     p = module.params
     try:
         expected = collect_expected(p["expected"], p["checksum_file"], p["path"])
-        files = hash_and_verify(p["path"], p["algorithms"], expected, p["block_size"])
+        journal = Journal(p["case_id"], p["journal_dir"]) if p["case_id"] and not module.check_mode else None
+        with at_work(journal, "hash_verify", "hash %d file(s)" % len(set(list(expected or {}) + list(p["path"] or [])))):
+            files = hash_and_verify(p["path"], p["algorithms"], expected, p["block_size"])
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(changed=False, files=files)

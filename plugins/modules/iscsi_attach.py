@@ -226,6 +226,21 @@ lun_size_bytes:
   description: Size of the LUN.
   returned: state=present
   type: int
+filesystem_grown:
+  description:
+    - When the LUN is larger than the ext3/ext4 filesystem on it (the collector grew the volume of a case whose earlier
+      run was killed, to make room for a rerun beside what that run left), the filesystem was grown to the LUN
+      (C(resize2fs), offline before the mount, after a read-only C(e2fsck -f -n) found it clean); its files are
+      not touched. V(null) when nothing was grown.
+  returned: state=present, not in check mode
+  type: dict
+  contains:
+    from_bytes:
+      description: Size of the filesystem before.
+      type: int
+    to_bytes:
+      description: Size of the filesystem after.
+      type: int
 qsd_pid:
   description: PID of the qemu-storage-daemon serving the LUN (userspace).
   returned: state=present

@@ -222,6 +222,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import SUPPORTED_ALGORITHMS
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR
@@ -246,9 +247,11 @@ def main():
     p = module.params
     try:
         journal = Journal(p["case_id"], p["journal_dir"])
-        result = _kvm_memory.acquire(journal, p["uri"], p["dest"], p["method"], name=p["name"], uuid=p["uuid"],
-                                     algorithms=p["algorithms"], fmt=p["format"], force=p["force"],
-                                     check_mode=module.check_mode)
+        with at_work(None if module.check_mode else journal, "pmemsave",
+                     "capture the RAM of VM %s into %s" % (p["name"] or p["uuid"], p["dest"])):
+            result = _kvm_memory.acquire(journal, p["uri"], p["dest"], p["method"], name=p["name"], uuid=p["uuid"],
+                                         algorithms=p["algorithms"], fmt=p["format"], force=p["force"],
+                                         check_mode=module.check_mode)
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

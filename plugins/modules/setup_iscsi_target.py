@@ -124,6 +124,17 @@ options:
         evidence of something else).
     type: bool
     default: false
+  grow:
+    description:
+      - With O(reuse_backing_file=true), a backing file that is not exported makes room for O(size) more bytes beside
+        the data it holds already (its allocated blocks, what an earlier run of the case that was killed left). When it
+        is smaller than that, it is extended (sparse, a hole; its data is not touched) before it is exported. It is
+        never shrunk.
+      - Journaled; its undo leaves the file at its new size, since it holds evidence beyond its old size by then.
+      - The initiator grows the filesystem on it when it mounts it (M(dfir.vmcollect.iscsi_attach)).
+      - Never used for a volume that holds verified evidence (the collector role seals those read-only).
+    type: bool
+    default: false
   remove_backing_file:
     description:
       - With O(state=absent), also remove the backing file this case created for the target. By default it
@@ -258,6 +269,7 @@ def main():
             install=dict(type="bool", default=False),
             remove_backing_file=dict(type="bool", default=False),
             reuse_backing_file=dict(type="bool", default=False),
+            grow=dict(type="bool", default=False),
             **journal_spec()
         ),
         supports_check_mode=True,
@@ -274,7 +286,7 @@ def main():
             portal_port=p["portal_port"], chap_user=p["chap_user"], chap_password=p["chap_password"],
             mutual_chap_user=p["mutual_chap_user"], mutual_chap_password=p["mutual_chap_password"],
             control_port=p["control_port"], install=p["install"], remove_backing_file=p["remove_backing_file"],
-            reuse_backing_file=p["reuse_backing_file"])
+            reuse_backing_file=p["reuse_backing_file"], grow=p["grow"])
         result = _iscsi_target.setup(journal, spec, check_mode=module.check_mode)
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)

@@ -142,6 +142,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import KVM_VM_RULES, journal_spec, kvm_vm_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import snapshot as _kvm_snapshot
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR
@@ -162,9 +163,11 @@ def main():
     p = module.params
     try:
         journal = Journal(p["case_id"], p["journal_dir"])
-        result = _kvm_snapshot.freeze(journal, p["uri"], name=p["name"], uuid=p["uuid"],
-                                      overlay_dir=p["overlay_dir"], quiesce=p["quiesce"],
-                                      check_mode=module.check_mode, qemu_img=module.get_bin_path("qemu-img"))
+        with at_work(None if module.check_mode else journal, "take_snapshot",
+                     "freeze the disks of VM %s" % (p["name"] or p["uuid"])):
+            result = _kvm_snapshot.freeze(journal, p["uri"], name=p["name"], uuid=p["uuid"],
+                                          overlay_dir=p["overlay_dir"], quiesce=p["quiesce"],
+                                          check_mode=module.check_mode, qemu_img=module.get_bin_path("qemu-img"))
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

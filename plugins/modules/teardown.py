@@ -13,7 +13,10 @@ module: teardown
 short_description: Undo every change this collection made to a host for a case
 version_added: 0.1.0
 description:
-  - Replays the case's undo journal on the host, newest change first, and undoes each change
+  - First stops the collection's modules still at work for the case on the host (the RAM capture, disk copy or
+    verification of a killed playbook runs on) with SIGTERM, so that each cleans up, then SIGKILL after 60 s, and
+    waits until they are gone.
+  - Then replays the case's undo journal on the host, newest change first, and undoes each change
     that is not undone yet (frozen disks merged back and their overlays removed, host settings
     put back, temporary files removed).
   - Works after a crash or a killed playbook; a change that was written down but never made is
@@ -141,6 +144,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal im
 # Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
 # without it, those records fail to undo with the handler's own message.
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import lock as _journal_lock  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import running as _journal_running  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import snapshot as _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as _iscsi_target  # noqa: F401 pylint: disable=unused-import

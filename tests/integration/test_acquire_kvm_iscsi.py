@@ -405,3 +405,145 @@ def test_storage_link_cut_during_a_copy(iscsi, lab, slow_vm):
     files = listing.stdout.split()
     assert not any(f.endswith("big.raw") for f in files), files  # only a .partial, never the final name
     assert not any(f.endswith("manifest.json") for f in files), files
+
+
+def _pending_at_work(journal_folder, module):
+    """Pending module.running records of ``module`` in any host's journal of the case."""
+    found = []
+    if not os.path.isdir(journal_folder):
+        return found
+    for name in os.listdir(journal_folder):
+        if not name.endswith(".jsonl"):
+            continue
+        records = []
+        try:
+            with open(os.path.join(journal_folder, name)) as f:
+                for line in f:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        pass
+        except (IOError, OSError):
+            continue
+        ended = set(r["ref"] for r in records if r.get("kind") == "undone")
+        found += [r for r in records if r.get("kind") == "change" and r.get("action") == "module.running"
+                  and r["undo"]["module"] == module and r["id"] not in ended]
+    return found
+
+
+def _kill_when(lab, args, ready, seconds=300):
+    """Start the acquisition in a session of its own; kill -9 its whole process group once ``ready()`` is true."""
+    proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
+                            env=ansible_env(lab), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, start_new_session=True)
+    try:
+        deadline = time.time() + seconds
+        while time.time() < deadline and proc.poll() is None:
+            if ready():
+                os.killpg(proc.pid, 9)
+                return
+            time.sleep(0.01)
+        pytest.fail("the run never reached the step to kill it at: %s" % proc.communicate()[0][-4000:])
+    finally:
+        proc.wait()
+
+
+def _teardown_once(lab, work, case):
+    result = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), TEARDOWN,
+                             "-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=%s/journal" % work],
+                            env=ansible_env(lab), cwd=ROOT, check=False, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-5000:]
+    return result
+
+
+@pytest.fixture
+def throttled_vm(lab, tmp_path):
+    """A shut-off VM whose 24 MiB disk reads at 3 MB/s: a qemu-storage-daemon on kvm1 serves a file through a
+    throttle group as a read-only FUSE export, and a read-only loop device on that is the VM's disk (a block device:
+    the FUSE export's own modification time moves with every look). Copying it takes long enough that the copy is
+    still at work when a teardown after a kill starts."""
+    name = "vmc-e2e-throttled"
+    folder = os.path.join(lab["work_dir"], "e2e-throttled")
+    os.makedirs(folder, exist_ok=True)
+    data, slow, pid_file = (os.path.join(folder, n) for n in ("data.raw", "slow.raw", "qsd.pid"))
+    with open(data, "wb") as f:
+        f.write(os.urandom(24 << 20))
+    open(slow, "w").close()
+    started = _ssh(lab, 0, "qemu-storage-daemon --daemonize --pidfile '%s' "
+                           "--blockdev driver=file,filename='%s',node-name=data,read-only=on "
+                           "--object throttle-group,id=tg0,x-bps-read=3145728 "
+                           "--blockdev driver=throttle,throttle-group=tg0,file=data,node-name=slow,read-only=on "
+                           "--export type=fuse,id=exp0,node-name=slow,mountpoint='%s',writable=off "
+                           "&& losetup --read-only --find --show '%s'" % (pid_file, data, slow, slow))
+    assert started.returncode == 0, started.stdout
+    loop = started.stdout.strip().splitlines()[-1]
+    xml = str(tmp_path / "throttled.xml")
+    with open(xml, "w") as f:
+        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='%s'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, loop))
+    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield name
+    finally:
+        subprocess.run(VIRSH + ["undefine", name], check=False, stdout=subprocess.DEVNULL)
+        _ssh(lab, 0, "losetup -d '%s'; kill $(cat '%s'); for i in $(seq 50); do grep -q '%s' /proc/self/mountinfo "
+                     "|| break; sleep 0.1; done" % (loop, pid_file, slow))
+        subprocess.run(["rm", "-rf", folder], check=False)
+
+
+def test_kill_9_during_a_copy_onto_the_lun_one_teardown_then_the_same_case_completes(iscsi, lab, throttled_vm):
+    """The copy runs on after ansible-playbook is killed; ONE teardown stops it first (no "target is busy"), then
+    detaches and unexports; the rerun of the same case grows the LUN for room beside what the killed run left, sets
+    that aside (kept, hashed) and completes, verified on the collector."""
+    work = iscsi["work"]
+    case = "case-iscsi-kill-copy"
+    args = _args(lab, work, case, [throttled_vm], memory="none")
+    _kill_when(lab, args, lambda: _pending_at_work(os.path.join(work, "journal", case), "evidence_copy"))
+    teardown = _teardown_once(lab, work, case)
+    assert re.search(r"(stopped|killed) evidence_copy \(pid \d+\)", teardown.stdout), teardown.stdout
+    assert "busy" not in teardown.stdout
+    assert _host_traces(lab, work, case) == []
+    backing = os.path.join(work, "collector", case, "kvm1.img")
+    size_before = os.stat(backing).st_size
+
+    rerun = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
+                           env=ansible_env(lab), cwd=ROOT, check=False, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[rerun.stdout.find("Copy every frozen"):][:6000]
+    assert _host_traces(lab, work, case) == []
+    assert _records(backing)[-1]["result"] == "verified"
+    check = _read_volume(backing, """cd "$MNT"
+sha256sum -c --strict SHA256SUMS
+cd set-aside/*/ && sha256sum -c --strict SHA256SUMS && find . -type f""")
+    assert check.returncode == 0, check.stdout
+    assert ".partial" in check.stdout  # the killed run's partial copy, kept beside the case
+    print("LUN %d bytes before the rerun, %d after" % (size_before, os.stat(backing).st_size))
+
+
+def test_kill_9_during_the_collectors_verification_one_teardown_then_the_same_case_completes(iscsi, lab):
+    """Killed while the collector re-hashes the volume: ONE teardown stops or outlasts the verification, unmounts and
+    unexports; the rerun of the same case adopts the evidence its manifest records, and the collector verifies and
+    seals it."""
+    work = iscsi["work"]
+    case = "case-iscsi-kill-verify"
+    args = _args(lab, work, case, [lab["guest"]["name"]])
+    _kill_when(lab, args, lambda: _pending_at_work(os.path.join(work, "journal", case), "hash_verify")
+               and os.path.exists(os.path.join(work, "verify", case)))
+    _teardown_once(lab, work, case)
+    assert _host_traces(lab, work, case) == []
+    backing = os.path.join(work, "collector", case, "kvm1.img")
+    assert not os.path.exists(backing + ".verified.jsonl")  # the verification never completed: nothing claims it did
+
+    rerun = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
+                           env=ansible_env(lab), cwd=ROOT, check=False, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-6000:]
+    assert "Already in the case: 3 artifact(s) re-hashed and unchanged" in rerun.stdout
+    assert _host_traces(lab, work, case) == []
+    assert _records(backing)[-1]["result"] == "verified"
+    check = _read_volume(backing, "cd \"$MNT\" && sha256sum -c --strict SHA256SUMS")
+    assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout
+    assert _out(VIRSH + ["dumpxml", "--inactive", lab["guest"]["name"]]) == iscsi["xml_before"]

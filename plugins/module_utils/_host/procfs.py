@@ -73,3 +73,25 @@ def find_pids(match, proc=PROC):
         if argv and match(argv) and not is_zombie(pid, proc):
             found.append(pid)
     return found
+
+
+def start_ticks(pid, proc=PROC):
+    """When the process started, in clock ticks since boot (field 22 of /proc/<pid>/stat), or None when it is gone.
+
+    A pid with another start time is another process (the pid was reused): what names a process across time is
+    the pair (pid, start_ticks)."""
+    try:
+        with open(os.path.join(proc, str(pid), "stat")) as f:
+            stat = f.read()
+    except (IOError, OSError):
+        return None
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state): field 22 is fields[19]
+    except (IndexError, ValueError):
+        return None
+
+
+def is_alive(pid, ticks, proc=PROC):
+    """Whether the process (pid, start ticks) still runs: it exists with that start time and is no zombie."""
+    return ticks is not None and start_ticks(pid, proc) == ticks and not is_zombie(pid, proc)

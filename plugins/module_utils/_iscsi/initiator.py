@@ -1068,6 +1068,7 @@ def _format_and_mount(journal, cfg, res, device, mount_undo):
     if fmt:
         make_filesystem(device, cfg["filesystem"], cfg["filesystem_label"])
     res["formatted"] = fmt
+    res["filesystem_grown"] = None if fmt or cfg["read_only"] else grow_filesystem(device, cfg["filesystem"])
     _make_dirs(journal, cfg, cfg["mountpoint"], 0o755)
     rec = journal.record_change(ACTION_MOUNT, dict(mount_undo, attachment=cfg["attachment"], mountpoint=cfg["mountpoint"],
                                                    read_only=cfg["read_only"]),
@@ -1080,6 +1081,50 @@ def _format_and_mount(journal, cfg, res, device, mount_undo):
         os.chmod(cfg["mountpoint"], 0o755)
     journal.mark_applied(rec, device=device, formatted=fmt, found_type=found.get("type"), found_label=found.get("label"))
     res.update(device=device, lun_size_bytes=_device_size(device), **_fs_facts(cfg["mountpoint"]))
+
+
+def ext_facts(device):
+    """The superblock of an ext2/3/4 filesystem (dumpe2fs -h, reads only) as a dict, {} when there is none."""
+    rc, out, err = _run([_bin("dumpe2fs"), "-h", device], timeout=120)
+    if rc != 0:
+        return {}
+    return dict((k.strip(), v.strip()) for k, sep, v in (ln.partition(":") for ln in out.splitlines()) if sep)
+
+
+def ext_size(facts):
+    try:
+        return int(facts["Block count"]) * int(facts["Block size"])
+    except (KeyError, ValueError):
+        return None
+
+
+def grow_filesystem(device, fs):
+    """Grow the ext3/ext4 filesystem of an unmounted LUN to the LUN when the LUN is larger (the collector grew the
+    volume of a case whose earlier run was killed, to make room for a rerun beside what that run left). Its files are
+    not touched, only its free space grows.
+
+    Offline, before the mount: an online resize needs CAP_SYS_RESOURCE, which a host in a container lacks, and the
+    offline one is as safe on a filesystem that a read-only check (``e2fsck -f -n``) finds clean first. A filesystem
+    that is not clean is not grown (the plan's space check then says the volume is short). Returns dict(from_bytes,
+    to_bytes), or None when nothing was grown."""
+    if fs not in ("ext3", "ext4"):
+        return None
+    facts, lun = ext_facts(device), _device_size(device)
+    before = ext_size(facts)
+    if before is None or lun is None or lun - before < 4 * 1024 * 1024:
+        return None
+    if facts.get("Filesystem state") != "clean" or "needs_recovery" in facts.get("Filesystem features", ""):
+        return None
+    rc, out, err = _run([_bin("e2fsck"), "-f", "-n", device], timeout=MKFS_TIMEOUT)
+    if rc != 0:
+        raise IscsiAttachError("The LUN grew to %d bytes, but a read-only check of its filesystem (e2fsck -f -n) found "
+                               "problems (exit %d), so it was not grown; nothing was written to it: %s"
+                               % (lun, rc, (out or err).strip()[-2000:]), device=device)
+    rc, out, err = _run([_bin("resize2fs"), "-f", device], timeout=MKFS_TIMEOUT)
+    if rc != 0:
+        raise IscsiAttachError("The LUN grew to %d bytes, but resize2fs could not grow its filesystem (%d bytes) to it "
+                               "(exit %d): %s" % (lun, before, rc, (err or out).strip()), device=device)
+    return {"from_bytes": before, "to_bytes": ext_size(ext_facts(device))}
 
 
 def _filesystem_plan(cfg, lun):

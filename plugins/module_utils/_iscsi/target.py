@@ -62,7 +62,8 @@ A_BINDING = "tgt.account_binding"
 A_LUN = "tgt.lun"
 A_ACL = "tgt.acl"
 A_READONLY = "tgt.lun_readonly"
-TARGET_ACTIONS = (A_ACL, A_READONLY, A_LUN, A_BINDING, A_ACCOUNT, A_TARGET, A_FIREWALL, A_BACKING)
+A_GROWN = "tgt.backing_file_grown"
+TARGET_ACTIONS = (A_ACL, A_READONLY, A_LUN, A_BINDING, A_ACCOUNT, A_TARGET, A_FIREWALL, A_GROWN, A_BACKING)
 
 _UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
 
@@ -130,10 +131,11 @@ def portal_text(address, port):
 def build_spec(case_id, state, target_iqn=None, target_name=None, backing_file=None, size=None, initiator_iqn=None,
                initiator_addresses=None, portal_address=None, portal_port=3260, chap_user=None, chap_password=None,
                mutual_chap_user=None, mutual_chap_password=None, control_port=60, install=False,
-               remove_backing_file=False, reuse_backing_file=False):
+               remove_backing_file=False, reuse_backing_file=False, grow=False):
     """Check and normalise the options; returns the spec dict every step works from."""
     spec = {"case_id": case_id, "state": state, "control_port": int(control_port), "install": bool(install),
             "remove_backing_file": bool(remove_backing_file), "reuse_backing_file": bool(reuse_backing_file),
+            "grow": bool(grow),
             "portal_port": int(portal_port)}
     spec["target_iqn"] = check_iqn(target_iqn, "target_iqn") if target_iqn else derive_iqn(case_id, target_name)
     if not 0 <= spec["control_port"] <= 32767:
@@ -432,7 +434,12 @@ def present(journal, spec, check_mode=False):
     _check_portal_peers(journal, spec)
     if daemon["state"] == "none":
         _check_portal_free(spec)
-    if backing_size is not None and spec["reuse_backing_file"] and backing_size != spec["size"]:
+    grown_from = None
+    if backing_size is not None and spec["reuse_backing_file"] and spec["grow"]:
+        wanted = room_size(spec["backing_file"], spec["size"]) if target is None else backing_size
+        grown_from = backing_size if wanted > backing_size else None
+        spec["size"] = max(wanted, backing_size)  # never shrunk
+    if backing_size is not None and spec["reuse_backing_file"] and backing_size != spec["size"] and grown_from is None:
         raise IscsiTargetError("The backing file %s exists with %s bytes, not the %s asked for; an evidence store is "
                                "never resized. Ask for its size to export it again." % (
                                    spec["backing_file"], backing_size, spec["size"]), backing_file=spec["backing_file"])
@@ -451,6 +458,12 @@ def present(journal, spec, check_mode=False):
             raise IscsiTargetError("The folder of the backing file %s does not exist." % spec["backing_file"])
         description = "create the sparse backing file %s (%d bytes)" % (spec["backing_file"], spec["size"])
         steps.change(A_BACKING, undo, description, lambda: create_sparse(spec["backing_file"], spec["size"]))
+    elif grown_from is not None:
+        undo = {"path": spec["backing_file"], "target_iqn": spec["target_iqn"], "from": grown_from, "to": spec["size"]}
+        description = ("grow the backing file %s from %d to %d bytes (sparse): room for a whole acquisition beside the "
+                       "%d bytes it holds" % (spec["backing_file"], grown_from, spec["size"],
+                                              allocated_bytes(spec["backing_file"])))
+        steps.change(A_GROWN, undo, description, lambda: grow_sparse(spec["backing_file"], spec["size"]))
 
     # 2. the firewall, before the portal listens
     if before_fw is None:
@@ -635,6 +648,39 @@ def _socket_files_missing(control_port):
     if not os.path.isdir(_tgt.SOCKET_DIR):
         missing.insert(0, _tgt.SOCKET_DIR)
     return missing
+
+
+def allocated_bytes(path):
+    """Bytes of data a (sparse) file holds: its allocated blocks."""
+    return os.stat(path).st_blocks * 512
+
+
+def room_size(path, size):
+    """The size a reused backing file needs for ``size`` more bytes beside the data it holds (what an earlier,
+    incomplete run left), rounded up to MiB; at least its own size."""
+    mib = 1024 * 1024
+    wanted = (allocated_bytes(path) + int(size) + mib - 1) // mib * mib
+    return max(wanted, os.stat(path).st_size)
+
+
+def grow_sparse(path, size):
+    """Extend an existing file to ``size`` bytes with a hole (its data is not touched); never shrinks it."""
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"size": size}
+
+
+@undo_handler(A_GROWN)
+def _undo_grown(undo, ctx):
+    """A backing file grown for a rerun: it holds evidence beyond its old size now, so it is never shrunk back (an
+    evidence store, like the backing file itself, outlives every teardown)."""
+    return ("left the backing file %s at %d bytes (grown from %d): it holds the case's evidence, which no teardown "
+            "changes" % (undo["path"], undo["to"], undo["from"]))
 
 
 def create_sparse(path, size):

@@ -60,6 +60,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import Inva
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 
 DEFAULT_JOURNAL_DIR = "/var/lib/dfir-vmcollect/journal"
+# a module at work for the case (_journal.running): teardown stops these before it undoes anything else
+RUNNING = "module.running"
 
 # action name -> function(undo_dict, ctx) -> short sentence of what was (or would be) done
 UNDO_HANDLERS = {}
@@ -311,10 +313,18 @@ class Journal(object):
 
         Returns dict(undone=[...], pending=[...], kept=[...], records=[...], removed=bool).
         """
+        ctx = UndoContext(check_mode, options, secrets)
         pending = self.pending()
+        # first stop the modules still at work for the case (a killed playbook's copy runs on): they may append
+        # or undo changes until they end, so the rest is read again after them
+        at_work = [r for r in pending if r["action"] == RUNNING]
+        undone = self.replay(at_work, ctx)
+        if at_work and not check_mode:
+            pending = self.pending()
+        pending = [r for r in pending if r["action"] != RUNNING]
         kept = [r for r in pending if r.get("module") in keep_modules]
         pending = [r for r in pending if r.get("module") not in keep_modules]
-        undone = self.replay(pending, UndoContext(check_mode, options, secrets))
+        undone += self.replay(pending, ctx)
         records = self.records()
         removed = False
         if not check_mode and remove_when_done and not kept and self.exists():
