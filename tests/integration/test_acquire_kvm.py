@@ -41,7 +41,12 @@ def _recap(stdout, host="kvm1"):
 
 def _freeze_applied(journal_text):
     """The journal shows the disks frozen: a kvm.external_snapshot change marked applied."""
-    records = [json.loads(line) for line in journal_text.splitlines() if line.strip().endswith("}")]
+    records = []
+    for line in journal_text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
     frozen = set(r["id"] for r in records if r.get("kind") == "change" and r.get("action") == "kvm.external_snapshot")
     return any(r.get("kind") == "applied" and r["ref"] in frozen for r in records)
 
@@ -494,3 +499,37 @@ def test_two_cases_on_one_vm_at_once_the_second_is_refused_naming_the_first(acqu
     assert not os.path.exists(os.path.join(acquisition["journal"], "vm-locks"))
     assert _out(VIRSH + ["dumpxml", "--inactive", guest]) == acquisition["xml_before"]
     assert _out(VIRSH + ["domblklist", guest]) == acquisition["live_disks_before"]
+
+
+REFUSALS = {
+    # name: (extra variables over the e2e case's, what the refusal must say)
+    "relative-evidence-dir": ({"kvm_acquire_evidence_dir": "evidence-relative"}, "kvm_acquire_evidence_dir must be an absolute path"),
+    "relative-journal-dir": ({"kvm_acquire_journal_dir": "journal-relative"}, "kvm_acquire_journal_dir must be an absolute path"),
+    "vms-not-a-list": ({"kvm_acquire_vms": "GUEST"}, "kvm_acquire_vms must be a list"),
+    "unknown-vm-second": ({"kvm_acquire_vms": ["GUEST", "vmc-no-such-vm"]}, "The VM 'vmc-no-such-vm' does not exist"),
+    "unknown-memory-method": ({"kvm_acquire_memory_method": "fast"}, "kvm_acquire_memory_method must be one of"),
+    "unknown-algorithm": ({"kvm_acquire_algorithms": ["sha999"]}, "kvm_acquire_algorithms must be one or more of"),
+    "no-examiner": ({"kvm_acquire_examiner": None}, "missing required arguments: kvm_acquire_examiner"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_each_refusal_comes_before_any_change_in_the_users_names(acquisition, lab, ansible_playbook, name):
+    extra, says = REFUSALS[name]
+    case = "case-e2e-refused-" + name
+    variables = {"vmcollect_hosts": "kvm_hosts", "kvm_acquire_case_id": case, "kvm_acquire_examiner": "CI examiner",
+                 "kvm_acquire_vms": [lab["guest"]["name"]], "kvm_acquire_evidence_dir": acquisition["evidence"],
+                 "kvm_acquire_journal_dir": acquisition["journal"], "kvm_acquire_memory_method": "background_snapshot"}
+    text = json.dumps(extra).replace('"GUEST"', json.dumps(lab["guest"]["name"]))
+    variables.update(json.loads(text))
+    variables = dict((k, v) for k, v in variables.items() if v is not None)
+    before = _host_state(lab, acquisition)
+    home = _ssh(lab, "ls -a ~").stdout
+    result = ansible_playbook(PLAYBOOK, "-e", json.dumps(variables))
+    assert result.returncode != 0
+    assert says in result.stdout, result.stdout[-4000:]
+    assert _recap(result.stdout)["changed"] == 0, result.stdout[-4000:]
+    assert _host_state(lab, acquisition) == before
+    assert _ssh(lab, "ls -a ~").stdout == home  # no folder made under the SSH user's home
+    assert not os.path.exists(os.path.join(acquisition["evidence"], case))
+    assert "Nothing was changed" not in result.stdout or "Nothing was changed on any host" in result.stdout

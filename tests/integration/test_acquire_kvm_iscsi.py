@@ -56,13 +56,14 @@ def _records(backing):
         return [json.loads(line) for line in f]
 
 
-def _define_shut_off_vm(name, disk, xml):
-    """Define (not start) a 64 MiB VM whose one disk is the raw file ``disk``."""
+def _define_shut_off_vm(name, disk, xml, block=False):
+    """Define (not start) a 64 MiB VM whose one disk is the raw file ``disk`` (a block device with ``block``)."""
+    kind, source = ("block", "dev") if block else ("file", "file")
     with open(xml, "w") as f:
         f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os>
-<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/>
-<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, disk))
+<devices><disk type='%s' device='disk'><driver name='qemu' type='raw'/><source %s='%s'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, kind, source, disk))
     subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -478,13 +479,7 @@ def throttled_vm(lab, tmp_path):
                            "&& losetup --read-only --find --show '%s'" % (pid_file, data, slow, slow))
     assert started.returncode == 0, started.stdout
     loop = started.stdout.strip().splitlines()[-1]
-    xml = str(tmp_path / "throttled.xml")
-    with open(xml, "w") as f:
-        f.write("""<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64' machine='pc'>hvm</type></os>
-<devices><disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='%s'/>
-<target dev='vda' bus='virtio'/></disk></devices></domain>""" % (name, loop))
-    subprocess.run(VIRSH + ["define", xml], check=True, stdout=subprocess.DEVNULL)
+    _define_shut_off_vm(name, loop, str(tmp_path / "throttled.xml"), block=True)
     try:
         yield name
     finally:
@@ -546,4 +541,48 @@ def test_kill_9_during_the_collectors_verification_one_teardown_then_the_same_ca
     assert _records(backing)[-1]["result"] == "verified"
     check = _read_volume(backing, "cd \"$MNT\" && sha256sum -c --strict SHA256SUMS")
     assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout
+    assert _out(VIRSH + ["dumpxml", "--inactive", lab["guest"]["name"]]) == iscsi["xml_before"]
+
+
+@pytest.mark.parametrize("extra, says", [
+    ({"kvm_acquire_vms": ["vmc-no-such-vm"]}, "The VM 'vmc-no-such-vm' does not exist"),
+    ({"kvm_acquire_memory_method": "fast"}, "kvm_acquire_memory_method must be one of"),
+    ({"kvm_acquire_examiner": ""}, "missing required arguments: kvm_acquire_examiner"),
+])
+def test_each_refusal_in_iscsi_mode_comes_before_any_change_on_any_host(iscsi, lab, ansible_playbook, extra, says):
+    """The iSCSI transport checks the acquisition's inputs (the provider's argument spec) and describes every VM in its
+    first play, before the case lock, the LUN or anything on the collector."""
+    work = iscsi["work"]
+    case = "case-iscsi-refused"
+    args = _args(lab, work, case, [lab["guest"]["name"]], extra=["-e", json.dumps(extra)])
+    if "kvm_acquire_examiner" in extra:  # not given at all
+        at = args.index(json.dumps({"kvm_acquire_examiner": "CI examiner"}))
+        args = args[:at - 1] + args[at + 1:] + []
+        args.remove(json.dumps(extra))
+        args.pop()
+    listing = sorted(os.listdir(work))
+    result = ansible_playbook(PLAYBOOK, *args)
+    assert result.returncode != 0 and says in result.stdout, result.stdout[-4000:]
+    assert _recap(result.stdout, "kvm1")["changed"] == 0
+    assert "collector1" not in result.stdout.split("PLAY RECAP")[-1]  # the collector was never touched
+    assert sorted(os.listdir(work)) == listing and not os.path.exists(os.path.join(work, "collector", case))
+    assert _host_traces(lab, work, case) == []
+
+
+def test_storage_link_down_at_the_attach_says_so_and_keeps_no_empty_volume(iscsi, lab, ansible_playbook):
+    """kvm1's storage link is down when it logs in to the collector: the failure says the link is down and what to
+    check; the LUN's backing file, which nothing was ever written to, is not kept as evidence; both hosts are clean."""
+    work = iscsi["work"]
+    case = "case-iscsi-link-down"
+    ns = ["ip", "netns", "exec", lab["hosts"][0]["netns"]]
+    subprocess.run(ns + ["ip", "link", "set", "stor0", "down"], check=True)
+    try:
+        result = ansible_playbook(PLAYBOOK, *_args(lab, work, case, [lab["guest"]["name"]], memory="none"))
+    finally:
+        subprocess.run(ns + ["ip", "link", "set", "stor0", "up"], check=True)
+    assert result.returncode != 0
+    assert "The storage link is down" in result.stdout and "Check this host's storage interface" in result.stdout, \
+        result.stdout[-5000:]
+    assert not os.path.exists(os.path.join(work, "collector", case))  # no empty volume kept "as evidence"
+    assert _host_traces(lab, work, case) == []
     assert _out(VIRSH + ["dumpxml", "--inactive", lab["guest"]["name"]]) == iscsi["xml_before"]

@@ -449,6 +449,34 @@ def qsd_argv(cfg, export_file, pid_file, secret_fd=None):
     return argv
 
 
+PROBE_TIMEOUT = 5.0
+
+
+def diagnose_portal(address, port, reason, timeout=PROBE_TIMEOUT):
+    """One sentence on why a login failed, from a TCP connection to the portal made now: the storage link is down (no
+    route, no answer), nothing listens there, or the portal answers and the target refused the login (its name, the
+    initiator's name or the CHAP secret); and what to do."""
+    portal = portal_string(address, port)
+    try:
+        sock = socket.create_connection((address, port), timeout)
+    except socket.timeout:
+        return ("The storage link is down: %s does not answer from this host within %.0f s. Check this host's storage "
+                "interface and route to it, the network between, and the collector's firewall; then run again (the "
+                "collector was released; nothing is kept as evidence)." % (portal, timeout))
+    except (IOError, OSError) as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return ("Nothing listens at %s: the collector's target is not running there. Check the collector (its tgtd "
+                    "and portal address); then run again." % portal)
+        return ("The storage link is down: this host cannot reach %s (%s). Check this host's storage interface and route "
+                "to it, and the network between; then run again (the collector was released; nothing is kept as "
+                "evidence)." % (portal, exc.strerror or exc))
+    sock.close()
+    if re.search(r"auth|login|CHAP|not authori[sz]ed|initiator", reason or "", re.I):
+        return ("The portal %s answers, and the target refused the login: the initiator's name, its address or the CHAP "
+                "secret is not the one the target allows." % portal)
+    return "The portal %s answers from this host now; the link may have been down for a moment: run again." % portal
+
+
 def start_qsd(cfg, export_file, pid_file):
     """Start the daemon; returns its pid. With --daemonize, QEMU's parent exits only once the child has
     read the secret, logged in and set up the export (or failed), so its exit status is the login's."""
@@ -469,17 +497,18 @@ def start_qsd(cfg, export_file, pid_file):
         pid = find_qsd(cfg["attachment"], pid_file)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-        raise IscsiAttachError("qemu-storage-daemon did not attach LUN %d of %s at %s within %.0f s and was killed%s. "
-                               "Is the portal reachable from this host, and does the target answer?"
+        raise IscsiAttachError("qemu-storage-daemon did not attach LUN %d of %s at %s within %.0f s and was killed%s. %s"
                                % (cfg["lun"], cfg["target_iqn"], portal_string(cfg["portal_address"], cfg["portal_port"]),
-                                  QSD_START_TIMEOUT, " (daemon %d too)" % pid if pid is not None else ""))
+                                  QSD_START_TIMEOUT, " (daemon %d too)" % pid if pid is not None else "",
+                                  diagnose_portal(cfg["portal_address"], cfg["portal_port"], "")))
     if rc != 0:
         msg = _mask(err or out, _secrets(cfg))
         # QEMU repeats the whole --blockdev string; the reason follows the last ": "
         reason = msg.rsplit(": iSCSI: ", 1)[-1] if ": iSCSI: " in msg else msg
-        raise IscsiAttachError("qemu-storage-daemon could not attach LUN %d of %s at %s: %s"
+        raise IscsiAttachError("qemu-storage-daemon could not attach LUN %d of %s at %s: %s. %s"
                                % (cfg["lun"], cfg["target_iqn"], portal_string(cfg["portal_address"], cfg["portal_port"]),
-                                  reason), qsd_error=msg)
+                                  reason.strip().rstrip("."),
+                                  diagnose_portal(cfg["portal_address"], cfg["portal_port"], reason)), qsd_error=msg)
     pid = find_qsd(cfg["attachment"], pid_file)
     if pid is None:
         raise IscsiAttachError("qemu-storage-daemon reported success but no daemon serves the export %s."

@@ -35,7 +35,7 @@ import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.procfs import fd_targets, pids as _pids, read_cmdline
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.names import check_iqn, derive_iqn
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext, undo_handler
@@ -452,12 +452,13 @@ def present(journal, spec, check_mode=False):
 
     # 1. the backing file: sparse, created by this case, never reused from elsewhere
     if not os.path.exists(spec["backing_file"]):
-        undo = {"path": spec["backing_file"], "target_iqn": spec["target_iqn"], "control_port": spec["control_port"]}
-        if not os.path.isdir(os.path.dirname(spec["backing_file"])) and not check_mode:
-            # in check mode the folder may be one an earlier task would have created
-            raise IscsiTargetError("The folder of the backing file %s does not exist." % spec["backing_file"])
-        description = "create the sparse backing file %s (%d bytes)" % (spec["backing_file"], spec["size"])
-        steps.change(A_BACKING, undo, description, lambda: create_sparse(spec["backing_file"], spec["size"]))
+        folder = os.path.dirname(spec["backing_file"])
+        undo = {"path": spec["backing_file"], "target_iqn": spec["target_iqn"], "control_port": spec["control_port"],
+                # the folders made for it (the case's folder on the collector), removed with it when it holds nothing
+                "created_dirs": missing_dirs(folder)}
+        description = "create the sparse backing file %s (%d bytes)%s" % (
+            spec["backing_file"], spec["size"], " and its folder" if undo["created_dirs"] else "")
+        steps.change(A_BACKING, undo, description, lambda: create_sparse(spec["backing_file"], spec["size"], folder))
     elif grown_from is not None:
         undo = {"path": spec["backing_file"], "target_iqn": spec["target_iqn"], "from": grown_from, "to": spec["size"]}
         description = ("grow the backing file %s from %d to %d bytes (sparse): room for a whole acquisition beside the "
@@ -676,15 +677,18 @@ def grow_sparse(path, size):
 
 
 @undo_handler(A_GROWN)
-def _undo_grown(undo, ctx):
+def undo_grown(undo, ctx):
     """A backing file grown for a rerun: it holds evidence beyond its old size now, so it is never shrunk back (an
     evidence store, like the backing file itself, outlives every teardown)."""
     return ("left the backing file %s at %d bytes (grown from %d): it holds the case's evidence, which no teardown "
             "changes" % (undo["path"], undo["to"], undo["from"]))
 
 
-def create_sparse(path, size):
-    """A new sparse file of ``size`` bytes (mode 0600); never opens an existing one."""
+def create_sparse(path, size, folder=None):
+    """A new sparse file of ``size`` bytes (mode 0600), and its folder (mode 0750) when missing; never opens an
+    existing one."""
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder, 0o750)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         os.ftruncate(fd, size)
@@ -973,13 +977,33 @@ def undo_firewall(undo, ctx):
     return "deleted the nftables table inet %s" % undo["table"]
 
 
+def _remove_empty_dirs(folders):
+    removed = []
+    for folder in sorted(folders, key=len, reverse=True):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break  # not empty (another volume of the case, or evidence): kept
+        removed.append(folder)
+    return ", and its folder %s" % ", ".join(removed) if removed else ""
+
+
 @undo_handler(A_BACKING)
 def undo_backing(undo, ctx):
     path = undo["path"]
     if not os.path.lexists(path):
         return "backing file %s: not there" % path
-    if not undo.get("remove"):
+    if not undo.get("remove") and os.stat(path).st_blocks:
         return "kept the backing file %s (evidence)" % path
+    if not undo.get("remove"):
+        # nothing was ever written to it (the attach failed before a filesystem was made): it holds no evidence, and
+        # only what holds evidence is kept as evidence
+        if ctx.check_mode:
+            return "would remove the backing file %s: nothing was ever written to it" % path
+        os.unlink(path)
+        fsync_dir(os.path.dirname(path))
+        return "removed the backing file %s: nothing was ever written to it (no evidence)%s" % (
+            path, _remove_empty_dirs(undo.get("created_dirs") or []))
     if ctx.check_mode:
         return "would remove the backing file %s" % path
     os.unlink(path)
@@ -1043,7 +1067,7 @@ def undo_packages(undo, ctx):
 
 UNDO = {A_ACL: undo_acl, A_READONLY: undo_readonly, A_LUN: undo_lun, A_BINDING: undo_binding, A_ACCOUNT: undo_account,
         A_TARGET: undo_target, A_FIREWALL: undo_firewall, A_BACKING: undo_backing, A_DAEMON: undo_daemon,
-        A_PACKAGES: undo_packages}
+        A_PACKAGES: undo_packages, A_GROWN: undo_grown}
 
 
 def setup(journal, spec, check_mode=False):

@@ -45,11 +45,14 @@ def at_work(journal, module, what):
     """Journal this process as at work for the case while the block runs (see the module docstring).
 
     ``journal`` None (a module run without a case) journals nothing. SIGTERM raises StoppedError inside the
-    block (main thread only); the handler that was there before is put back at the end."""
+    block (main thread only); the handler that was there before is put back at the end. A journal this call made
+    (there was none) is removed again at the end when nothing in it is left to undo: a module that refused, or that
+    only reads, leaves no trace."""
     if journal is None:
         yield None
         return
     pid = os.getpid()
+    made_journal = not journal.exists()
     undo = {"pid": pid, "start_ticks": procfs.start_ticks(pid), "module": module, "what": what}
     change = journal.record_change(RUNNING, undo, "%s at work (pid %d): %s" % (module, pid, what), module=module)
     journal.mark_applied(change)
@@ -70,6 +73,9 @@ def at_work(journal, module, what):
             signal.signal(signal.SIGTERM, previous)
         if journal.exists():  # never re-create a journal a teardown removed
             journal.mark_undone(change, "%s (pid %d) %s" % (module, pid, outcome))
+            if made_journal and not journal.pending():
+                # a module that changed nothing (it refused, or it only reads) leaves no journal it made: no trace
+                journal._remove()  # pylint: disable=protected-access
 
 
 def _wait_gone(pid, ticks, seconds, clock=time.monotonic, sleep=time.sleep):

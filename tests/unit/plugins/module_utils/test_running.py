@@ -64,20 +64,38 @@ def _worker(tmp_path, body=""):
 
 def test_at_work_is_journaled_and_marked_ended_by_the_module_itself(tmp_path):
     journal = _journal(tmp_path)
+    journal.record_change("test.note_order", {}, "the case's lock, say")
     with running.at_work(journal, "hash_verify", "hash 2 file(s)"):
         (rec,) = journal.find(j.RUNNING)
         assert rec["applied"] and rec["undo"]["pid"] == os.getpid() and rec["module"] == "hash_verify"
         assert rec["undo"]["start_ticks"] == procfs.start_ticks(os.getpid())
-    assert journal.pending() == []
+    assert [r["action"] for r in journal.pending()] == ["test.note_order"]
     assert journal.records()[-1]["result"] == "hash_verify (pid %d) ended" % os.getpid()
+
+
+def test_a_journal_made_only_for_the_record_is_removed_with_its_folders(tmp_path):
+    journal = _journal(tmp_path)
+    with running.at_work(journal, "pmemsave", "capture"):
+        assert journal.exists()
+    assert not journal.exists() and not os.path.exists(str(tmp_path / "jr"))
+
+
+def test_a_journal_made_here_is_kept_while_a_change_in_it_is_pending(tmp_path):
+    journal = _journal(tmp_path)
+    with pytest.raises(RuntimeError):
+        with running.at_work(journal, "pmemsave", "capture"):
+            journal.record_change("test.note_order", {}, "a sysctl it could not put back")
+            raise RuntimeError("failed half way")
+    assert [r["action"] for r in journal.pending()] == ["test.note_order"]
 
 
 def test_an_error_inside_is_said_in_the_journal_and_raised(tmp_path):
     journal = _journal(tmp_path)
+    journal.record_change("test.note_order", {}, "the case's lock, say")
     with pytest.raises(ZeroDivisionError):
         with running.at_work(journal, "evidence_copy", "copy"):
             1 / 0  # pylint: disable=pointless-statement
-    assert journal.pending() == [] and "ZeroDivisionError" in journal.records()[-1]["result"]
+    assert len(journal.pending()) == 1 and "ZeroDivisionError" in journal.records()[-1]["result"]
 
 
 def test_no_journal_no_record():
@@ -146,6 +164,7 @@ def test_a_pid_reused_by_another_process_is_left_alone(tmp_path):
 
 def test_sigterm_in_the_block_is_a_stopped_error_and_the_old_handler_comes_back(tmp_path):
     journal = _journal(tmp_path)
+    journal.record_change("test.note_order", {}, "the case's lock, say")
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(StoppedError):
         with running.at_work(journal, "pmemsave", "capture"):

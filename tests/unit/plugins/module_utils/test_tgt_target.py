@@ -166,6 +166,9 @@ def test_create_sparse(tmp_path):
 def test_undo_backing_keeps_unless_asked(tmp_path):
     path = str(tmp_path / "lun")
     t.create_sparse(path, 4096)
+    with open(path, "r+b") as f:
+        f.write(b"ext4 made here")
+        os.fsync(f.fileno())
     undo = UNDO_HANDLERS[t.A_BACKING]
     assert undo({"path": path}, DO).startswith("kept")
     assert os.path.exists(path)
@@ -175,9 +178,36 @@ def test_undo_backing_keeps_unless_asked(tmp_path):
     assert undo({"path": path, "remove": True}, DO).endswith("not there")
 
 
+def test_a_backing_file_nothing_was_written_to_is_removed_with_the_folder_made_for_it(tmp_path):
+    """An attach that failed before any write leaves a sparse file of no data: no evidence, so it is not kept."""
+    folder = tmp_path / "collector" / "case-1"
+    path = str(folder / "kvm1.img")
+    undo_rec = {"path": path, "created_dirs": [str(tmp_path / "collector"), str(folder)]}
+    t.create_sparse(path, 1 << 30, str(folder))
+    undo = UNDO_HANDLERS[t.A_BACKING]
+    assert undo(undo_rec, PLAN).startswith("would remove the backing file %s: nothing was ever written" % path)
+    assert os.path.exists(path)
+    assert "nothing was ever written to it (no evidence), and its folder" in undo(undo_rec, DO)
+    assert not os.path.exists(str(tmp_path / "collector"))
+
+
+def test_grow_sparse_extends_with_a_hole_and_never_shrinks(tmp_path):
+    path = str(tmp_path / "lun")
+    t.create_sparse(path, 1 << 20)
+    with open(path, "r+b") as f:
+        f.write(b"data" * 1024)
+    before = open(path, "rb").read()
+    assert t.room_size(path, 8 << 20) == 9 << 20  # 4 KiB of data + 8 MiB, rounded up to MiB
+    t.grow_sparse(path, 9 << 20)
+    assert os.stat(path).st_size == 9 << 20 and open(path, "rb").read(1 << 20) == before
+    t.grow_sparse(path, 1 << 20)
+    assert os.stat(path).st_size == 9 << 20
+    assert UNDO_HANDLERS[t.A_GROWN]({"path": path, "from": 1 << 20, "to": 9 << 20}, DO).startswith("left the backing file")
+
+
 def test_every_action_has_a_handler():
     for action in (t.A_PACKAGES, t.A_DAEMON, t.A_BACKING, t.A_FIREWALL, t.A_TARGET, t.A_ACCOUNT, t.A_BINDING,
-                   t.A_LUN, t.A_ACL, t.A_READONLY):
+                   t.A_LUN, t.A_ACL, t.A_READONLY, t.A_GROWN):
         assert UNDO_HANDLERS[action] is t.UNDO[action]
 
 
