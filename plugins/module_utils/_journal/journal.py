@@ -109,8 +109,13 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _makedirs_recorded(path):
-    """Create ``path`` and missing parents (mode 0700); return the folders created, outermost first."""
+def _makedirs_recorded(path, private_from=None):
+    """Create ``path`` and missing parents; return the folders created, outermost first.
+
+    ``private_from`` (the journal folder) and the folders below it are 0700. Its parents are 0711: others may pass
+    through, not list them. They are shared with the collection's other folders (``/var/lib/dfir-vmcollect`` holds
+    the journal, the evidence, the volume's mountpoint), and QEMU, which writes a pmemsave RAM image itself as its own
+    user, must pass through them to reach it."""
     missing = []
     cur = os.path.abspath(path)
     while not os.path.isdir(cur):
@@ -121,8 +126,9 @@ def _makedirs_recorded(path):
         cur = parent
     created = []
     for folder in reversed(missing):
+        private = private_from is None or folder == private_from or folder.startswith(private_from.rstrip("/") + "/")
         try:
-            os.mkdir(folder, 0o700)
+            os.mkdir(folder, 0o700 if private else 0o711)
         except OSError as exc:
             if exc.errno != errno.EEXIST:
                 raise
@@ -186,7 +192,7 @@ class Journal(object):
     def _append(self, record):
         created = []
         if not os.path.isdir(self.case_dir):
-            created = _makedirs_recorded(self.case_dir)
+            created = _makedirs_recorded(self.case_dir, self.journal_dir)
         while True:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -194,7 +200,7 @@ class Journal(object):
                 if exc.errno != errno.ENOENT:
                     raise
                 # the journal's folder was removed with another journal meanwhile: make it again
-                created = _makedirs_recorded(self.case_dir)
+                created = _makedirs_recorded(self.case_dir, self.journal_dir)
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_nlink:
@@ -202,7 +208,7 @@ class Journal(object):
             # the journal was removed (its last change undone) between our open and our lock: write a new one
             os.close(fd)
             if not os.path.isdir(self.case_dir):
-                created = _makedirs_recorded(self.case_dir)
+                created = _makedirs_recorded(self.case_dir, self.journal_dir)
         try:
             size = os.fstat(fd).st_size
             seq = self._next_seq() if size else 1

@@ -341,3 +341,16 @@ def test_an_append_to_a_journal_removed_meanwhile_writes_a_new_one(journal, monk
 def test_a_journal_with_pending_changes_is_never_removed(journal):
     journal.record_change("test.append", {"n": 0}, "change 0", module="unit")
     assert journal._remove() is False and journal.exists()  # pylint: disable=protected-access
+
+
+def test_the_journals_parents_it_makes_can_be_passed_through_and_the_journal_cannot(tmp_path):
+    """/var/lib/dfir-vmcollect is shared with the evidence and the volume's mountpoint, where QEMU (another user) must
+    reach the RAM image it writes itself: the parents the journal makes are 0711, the journal's own folders 0700."""
+    journal = j.Journal("case-42", str(tmp_path / "var" / "lib" / "vmc" / "journal"), hostname="hostA")
+    journal.record_change("file.created", {"path": "/nonexistent"}, "w")
+    def mode(path):
+        return os.stat(str(path)).st_mode & 0o777
+
+    assert mode(tmp_path / "var") == 0o711 and mode(tmp_path / "var" / "lib" / "vmc") == 0o711
+    assert mode(tmp_path / "var" / "lib" / "vmc" / "journal") == 0o700
+    assert mode(tmp_path / "var" / "lib" / "vmc" / "journal" / "case-42") == 0o700
