@@ -348,6 +348,7 @@ def test_the_journals_parents_it_makes_can_be_passed_through_and_the_journal_can
     reach the RAM image it writes itself: the parents the journal makes are 0711, the journal's own folders 0700."""
     journal = j.Journal("case-42", str(tmp_path / "var" / "lib" / "vmc" / "journal"), hostname="hostA")
     journal.record_change("file.created", {"path": "/nonexistent"}, "w")
+
     def mode(path):
         return os.stat(str(path)).st_mode & 0o777
 
