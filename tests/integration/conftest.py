@@ -62,3 +62,32 @@ def ansible_playbook(lab):
                               timeout=kwargs.get("timeout", 900))
 
     return run
+
+
+def journal_records(path):
+    """The records of a host's journal of a case as a running module sees them: [] when there is none yet, a line
+    still being written skipped."""
+    records = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass  # a line being written
+    except (IOError, OSError):
+        pass
+    return records
+
+
+def case_journal_records(folder):
+    """The records of every host's journal in a case's journal folder (a folder shared by the lab's hosts)."""
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [r for name in names if name.endswith(".jsonl") for r in journal_records(os.path.join(folder, name))]
+
+
+def pending_at_work(records, module, what=""):
+    """The module.running records of ``module`` (whose description holds ``what``) not marked ended yet."""
+    ended = set(r["ref"] for r in records if r.get("kind") == "undone")
+    return [r for r in records if r.get("kind") == "change" and r.get("action") == "module.running"
+            and r["undo"]["module"] == module and what in r["undo"]["what"] and r["id"] not in ended]

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, ansible_env
+from conftest import ROOT, ansible_env, journal_records, pending_at_work
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 PLAYBOOK = os.path.join(ROOT, "playbooks", "acquire_kvm.yml")
@@ -39,14 +39,8 @@ def _recap(stdout, host="kvm1"):
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
 
 
-def _freeze_applied(journal_text):
+def _freeze_applied(records):
     """The journal shows the disks frozen: a kvm.external_snapshot change marked applied."""
-    records = []
-    for line in journal_text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
     frozen = set(r["id"] for r in records if r.get("kind") == "change" and r.get("action") == "kvm.external_snapshot")
     return any(r.get("kind") == "applied" and r["ref"] in frozen for r in records)
 
@@ -211,27 +205,6 @@ def test_different_evidence_in_the_case_is_refused(acquisition, ansible_playbook
             f.write(original)
 
 
-def _journal_records(path):
-    records = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass  # a line being written
-    except (IOError, OSError):
-        pass
-    return records
-
-
-def _at_work(records, module, what=""):
-    """The module.running record of ``module`` (whose description holds ``what``) that is still pending."""
-    ended = set(r["ref"] for r in records if r.get("kind") == "undone")
-    return [r for r in records if r.get("kind") == "change" and r["action"] == "module.running"
-            and r["undo"]["module"] == module and what in r["undo"]["what"] and r["id"] not in ended]
-
-
 def _host_state(lab, acquisition):
     """What the collection could change on kvm1, for a before/after comparison (the evidence folder excepted)."""
     guest = lab["guest"]
@@ -252,10 +225,10 @@ def _host_state(lab, acquisition):
 
 # kill -9 of the playbook's process group at each step; each is seen in the case's journal on kvm1
 KILL_POINTS = {
-    "after-the-freeze": lambda records: _freeze_applied("\n".join(json.dumps(r) for r in records)),
-    "during-the-ram-capture": lambda records: _at_work(records, "pmemsave"),
-    "during-the-copy-of-vda": lambda records: _at_work(records, "evidence_copy", "/disks/vda-"),
-    "during-the-copy-of-vdb": lambda records: _at_work(records, "evidence_copy", "/disks/vdb-"),
+    "after-the-freeze": _freeze_applied,
+    "during-the-ram-capture": lambda records: pending_at_work(records, "pmemsave"),
+    "during-the-copy-of-vda": lambda records: pending_at_work(records, "evidence_copy", "/disks/vda-"),
+    "during-the-copy-of-vdb": lambda records: pending_at_work(records, "evidence_copy", "/disks/vdb-"),
 }
 
 
@@ -276,7 +249,7 @@ def test_kill_9_at_each_step_then_one_teardown_then_the_same_case_completes(acqu
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
-            if KILL_POINTS[point](_journal_records(journal_file)):
+            if KILL_POINTS[point](journal_records(journal_file)):
                 break
             time.sleep(0.01)
         else:
@@ -329,7 +302,7 @@ def test_libvirtd_restarted_mid_run(acquisition, lab):
                             universal_newlines=True)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if os.path.exists(journal_file) and _freeze_applied(open(journal_file).read()):
+        if _freeze_applied(journal_records(journal_file)):
             break
         time.sleep(0.05)
     frozen_at_restart = ".vmcollect-case-e2e-lvd" in _out(VIRSH + ["domblklist", guest["name"]])

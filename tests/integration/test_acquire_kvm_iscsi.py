@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, ansible_env
+from conftest import ROOT, ansible_env, case_journal_records, pending_at_work
 from test_iscsi_target_secrets import Sampler
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
@@ -408,30 +408,6 @@ def test_storage_link_cut_during_a_copy(iscsi, lab, slow_vm):
     assert not any(f.endswith("manifest.json") for f in files), files
 
 
-def _pending_at_work(journal_folder, module):
-    """Pending module.running records of ``module`` in any host's journal of the case."""
-    found = []
-    if not os.path.isdir(journal_folder):
-        return found
-    for name in os.listdir(journal_folder):
-        if not name.endswith(".jsonl"):
-            continue
-        records = []
-        try:
-            with open(os.path.join(journal_folder, name)) as f:
-                for line in f:
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        pass
-        except (IOError, OSError):
-            continue
-        ended = set(r["ref"] for r in records if r.get("kind") == "undone")
-        found += [r for r in records if r.get("kind") == "change" and r.get("action") == "module.running"
-                  and r["undo"]["module"] == module and r["id"] not in ended]
-    return found
-
-
 def _kill_when(lab, args, ready, seconds=300):
     """Start the acquisition in a session of its own; kill -9 its whole process group once ``ready()`` is true."""
     proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), PLAYBOOK] + args,
@@ -496,7 +472,8 @@ def test_kill_9_during_a_copy_onto_the_lun_one_teardown_then_the_same_case_compl
     work = iscsi["work"]
     case = "case-iscsi-kill-copy"
     args = _args(lab, work, case, [throttled_vm], memory="none")
-    _kill_when(lab, args, lambda: _pending_at_work(os.path.join(work, "journal", case), "evidence_copy"))
+    journal = os.path.join(work, "journal", case)
+    _kill_when(lab, args, lambda: pending_at_work(case_journal_records(journal), "evidence_copy"))
     teardown = _teardown_once(lab, work, case)
     assert re.search(r"(stopped|killed) evidence_copy \(pid \d+\)", teardown.stdout), teardown.stdout
     assert "busy" not in teardown.stdout
@@ -525,7 +502,7 @@ def test_kill_9_during_the_collectors_verification_one_teardown_then_the_same_ca
     work = iscsi["work"]
     case = "case-iscsi-kill-verify"
     args = _args(lab, work, case, [lab["guest"]["name"]])
-    _kill_when(lab, args, lambda: _pending_at_work(os.path.join(work, "journal", case), "hash_verify")
+    _kill_when(lab, args, lambda: pending_at_work(case_journal_records(os.path.join(work, "journal", case)), "hash_verify")
                and os.path.exists(os.path.join(work, "verify", case)))
     _teardown_once(lab, work, case)
     assert _host_traces(lab, work, case) == []
@@ -554,12 +531,12 @@ def test_each_refusal_in_iscsi_mode_comes_before_any_change_on_any_host(iscsi, l
     first play, before the case lock, the LUN or anything on the collector."""
     work = iscsi["work"]
     case = "case-iscsi-refused"
-    args = _args(lab, work, case, [lab["guest"]["name"]], extra=["-e", json.dumps(extra)])
+    args = _args(lab, work, case, [lab["guest"]["name"]])
     if "kvm_acquire_examiner" in extra:  # not given at all
         at = args.index(json.dumps({"kvm_acquire_examiner": "CI examiner"}))
-        args = args[:at - 1] + args[at + 1:] + []
-        args.remove(json.dumps(extra))
-        args.pop()
+        del args[at - 1:at + 1]
+    else:
+        args += ["-e", json.dumps(extra)]
     listing = sorted(os.listdir(work))
     result = ansible_playbook(PLAYBOOK, *args)
     assert result.returncode != 0 and says in result.stdout, result.stdout[-4000:]

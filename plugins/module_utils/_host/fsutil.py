@@ -30,6 +30,21 @@ def missing_dirs(path):
     return list(reversed(missing))
 
 
+def remove_empty_dirs(folders):
+    """Remove the folders of ``folders`` that are empty, innermost first (folders this collection made, recorded when
+    it made them); one that is not empty or is gone already is left. Returns those removed."""
+    removed = []
+    for folder in sorted(folders, key=len, reverse=True):
+        try:
+            os.rmdir(folder)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue
+        removed.append(folder)
+    return removed
+
+
 def fsync_dir(path):
     """Make a folder's entries (a new, renamed or removed file) durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))

@@ -35,7 +35,7 @@ import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs, remove_empty_dirs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.procfs import fd_targets, pids as _pids, read_cmdline
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.names import check_iqn, derive_iqn
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UndoContext, undo_handler
@@ -436,9 +436,9 @@ def present(journal, spec, check_mode=False):
         _check_portal_free(spec)
     grown_from = None
     if backing_size is not None and spec["reuse_backing_file"] and spec["grow"]:
-        wanted = room_size(spec["backing_file"], spec["size"]) if target is None else backing_size
-        grown_from = backing_size if wanted > backing_size else None
-        spec["size"] = max(wanted, backing_size)  # never shrunk
+        # never shrunk: room_size is at least the file's size; an exported file is not grown under its initiator
+        spec["size"] = room_size(spec["backing_file"], spec["size"]) if target is None else backing_size
+        grown_from = backing_size if spec["size"] > backing_size else None
     if backing_size is not None and spec["reuse_backing_file"] and backing_size != spec["size"] and grown_from is None:
         raise IscsiTargetError("The backing file %s exists with %s bytes, not the %s asked for; an evidence store is "
                                "never resized. Ask for its size to export it again." % (
@@ -977,37 +977,25 @@ def undo_firewall(undo, ctx):
     return "deleted the nftables table inet %s" % undo["table"]
 
 
-def _remove_empty_dirs(folders):
-    removed = []
-    for folder in sorted(folders, key=len, reverse=True):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            break  # not empty (another volume of the case, or evidence): kept
-        removed.append(folder)
-    return ", and its folder %s" % ", ".join(removed) if removed else ""
-
-
 @undo_handler(A_BACKING)
 def undo_backing(undo, ctx):
     path = undo["path"]
     if not os.path.lexists(path):
         return "backing file %s: not there" % path
-    if not undo.get("remove") and os.stat(path).st_blocks:
+    asked = undo.get("remove")
+    if not asked and os.stat(path).st_blocks:
         return "kept the backing file %s (evidence)" % path
-    if not undo.get("remove"):
-        # nothing was ever written to it (the attach failed before a filesystem was made): it holds no evidence, and
-        # only what holds evidence is kept as evidence
-        if ctx.check_mode:
-            return "would remove the backing file %s: nothing was ever written to it" % path
-        os.unlink(path)
-        fsync_dir(os.path.dirname(path))
-        return "removed the backing file %s: nothing was ever written to it (no evidence)%s" % (
-            path, _remove_empty_dirs(undo.get("created_dirs") or []))
+    # removed when asked, or when nothing was ever written to it (the attach failed before a filesystem was made): it
+    # holds no evidence then, and only what holds evidence is kept as evidence
+    why = "" if asked else ": nothing was ever written to it"
     if ctx.check_mode:
-        return "would remove the backing file %s" % path
+        return "would remove the backing file %s%s" % (path, why)
     os.unlink(path)
     fsync_dir(os.path.dirname(path))
+    if not asked:
+        folders = remove_empty_dirs(undo.get("created_dirs") or [])
+        return "removed the backing file %s%s (no evidence)%s" % (
+            path, why, ", and its folder %s" % ", ".join(folders) if folders else "")
     return "removed the backing file %s" % path
 
 

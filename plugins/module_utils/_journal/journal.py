@@ -57,7 +57,7 @@ import uuid
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._case import check_case_id
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, JournalError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, remove_empty_dirs
 
 DEFAULT_JOURNAL_DIR = "/var/lib/dfir-vmcollect/journal"
 # a module at work for the case (_journal.running): teardown stops these before it undoes anything else
@@ -362,12 +362,7 @@ class Journal(object):
                 created = r.get("created_dirs", [])
         os.unlink(self.path)
         fsync_dir(self.case_dir)
-        for folder in sorted(created, key=len, reverse=True):
-            try:
-                os.rmdir(folder)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
-                    raise
+        remove_empty_dirs(created)
         return True
 
 
