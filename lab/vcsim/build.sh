@@ -11,7 +11,6 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAB_DIR="${LAB_DIR:-/var/tmp/vmcollect-lab}"
-src="$here/main.go"
 bin="$LAB_DIR/bin/vcsim"
 gocode=/usr/share/gocode
 
@@ -31,8 +30,12 @@ if [ ! -d "$gocode/src/github.com/vmware/govmomi/simulator" ]; then
   exit 1
 fi
 
-if [ "$force" = 0 ] && [ -x "$bin" ] && [ "$bin" -nt "$src" ] && [ "$bin" -nt "$0" ]; then
-  echo "build.sh: $bin is up to date (newer than main.go); skipping (use --force to rebuild)"
+up_to_date=1
+for f in "$here"/*.go "$0"; do
+  [ "$bin" -nt "$f" ] || up_to_date=0
+done
+if [ "$force" = 0 ] && [ -x "$bin" ] && [ "$up_to_date" = 1 ]; then
+  echo "build.sh: $bin is up to date (newer than every lab/vcsim/*.go); skipping (use --force to rebuild)"
   exit 0
 fi
 
@@ -55,7 +58,7 @@ start=$(date +%s.%N)
     GOTMPDIR="$LAB_DIR/go/tmp" \
     HOME="$LAB_DIR/go" \
     CGO_ENABLED="$cgo" \
-    go build -o "$bin.tmp" main.go
+    go build -o "$bin.tmp" ./*.go
 )
 mv -f "$bin.tmp" "$bin"
 end=$(date +%s.%N)

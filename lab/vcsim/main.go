@@ -85,6 +85,34 @@ type envFile struct {
 	DatastoreDirIsTemp bool           `json:"datastore_dir_is_temp"`
 	Pid                int            `json:"pid"`
 	StartedAt          string         `json:"started_at"`
+	// Lab holds what each lab extension (the other *.go files) reports, under its name.
+	Lab map[string]interface{} `json:"lab"`
+}
+
+// labContext is what a lab extension gets once the model is created and before it is served.
+type labContext struct {
+	Model    *simulator.Model
+	Mode     string // esx or vpx
+	Host     string // the listen address
+	DsRoot   string // the folder holding each datastore's folder
+	Env      map[string]interface{}
+	cleanups *[]func()
+}
+
+// AddCleanup runs fn when the simulator stops (in reverse order of registration).
+func (c *labContext) AddCleanup(fn func()) { *c.cleanups = append(*c.cleanups, fn) }
+
+// labExtension gives the simulator one piece of real ESXi behaviour (see lab/README.md).
+type labExtension struct {
+	Name  string
+	Setup func(ctx *labContext) error
+}
+
+// extensions are registered by the other files of this package from init(), run in name order.
+var extensions []labExtension
+
+func registerExtension(name string, setup func(ctx *labContext) error) {
+	extensions = append(extensions, labExtension{Name: name, Setup: setup})
 }
 
 func main() {
@@ -206,8 +234,20 @@ func run() error {
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 
+	labEnv := map[string]interface{}{}
+	sort.Slice(extensions, func(i, j int) bool { return extensions[i].Name < extensions[j].Name })
+	for _, ext := range extensions {
+		ctx := &labContext{Model: model, Mode: *mode, Host: host, DsRoot: dsRoot, Env: map[string]interface{}{},
+			cleanups: &cleanups}
+		if err = ext.Setup(ctx); err != nil {
+			return fmt.Errorf("lab extension %s: %v", ext.Name, err)
+		}
+		labEnv[ext.Name] = ctx.Env
+	}
+
 	// Read the inventory before serving: no client can change it yet.
 	info := describe(model)
+	info.Lab = labEnv
 
 	server := model.Service.NewServer()
 	closeServer := func() { stopServer(server) }

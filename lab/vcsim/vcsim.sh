@@ -127,9 +127,7 @@ do_start() {
   fi
   rm -f "$pidfile" "$envfile"
 
-  if [ ! -x "$bin" ] || [ "$here/main.go" -nt "$bin" ]; then
-    LAB_DIR="$LAB_DIR" "$here/build.sh"
-  fi
+  LAB_DIR="$LAB_DIR" "$here/build.sh"
 
   local -a args=(-l 127.0.0.1:0 -env "$envfile" -datastore-dir "$dsdir")
   if [ -n "${VCSIM_ARGS:-}" ]; then
