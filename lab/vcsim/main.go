@@ -125,7 +125,7 @@ func main() {
 }
 
 func run() error {
-	listen := flag.String("l", "127.0.0.1:0", "listen address (loopback only; port 0 picks a free port)")
+	listen := flag.String("l", "127.0.0.1:0", "listen address (loopback or a lab namespace address in 10.213.0.0/16; port 0 picks a free port)")
 	mode := flag.String("mode", "esx", "model: esx (standalone host) or vpx (vCenter)")
 	nvm := flag.Int("vm", -1, "number of VMs (per host in esx mode, per host/cluster in vpx mode); -1 = model default (2)")
 	nds := flag.Int("ds", -1, "number of local datastores; -1 = model default (1)")
@@ -142,8 +142,10 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("-l %q: %v", *listen, err)
 	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return fmt.Errorf("-l %q: only loopback IP addresses are allowed", *listen)
+	// the lab's own addresses only: loopback, or 10.213.0.0/16 (the lab's namespaces, lab/lib.sh)
+	_, labNet, _ := net.ParseCIDR("10.213.0.0/16")
+	if ip := net.ParseIP(host); ip == nil || !(ip.IsLoopback() || labNet.Contains(ip)) {
+		return fmt.Errorf("-l %q: only loopback or lab (10.213.0.0/16) IP addresses are allowed", *listen)
 	}
 
 	var model *simulator.Model
