@@ -35,6 +35,26 @@ options:
     type: list
     elements: path
     default: []
+  remote_images:
+    description:
+      - Disk images that lie on another system (an ESXi datastore), measured there by the provider that describes
+        the VM. Each is counted like an image of O(images) with its C(allocated_bytes); a path listed twice once.
+    type: list
+    elements: dict
+    default: []
+    version_added: 0.3.0
+    suboptions:
+      path:
+        description: Where the image lies, in that system's words (for example C([datastore1] vm/vm-flat.vmdk)).
+        type: str
+        required: true
+      size_bytes:
+        description: Its size.
+        type: int
+        required: true
+      allocated_bytes:
+        description: Bytes of it that hold data (a thin disk's allocated size); its size when not given.
+        type: int
   memory_bytes:
     description: RAM of the VM(s) whose memory is taken, in bytes. Ignored with O(memory_method=none).
     type: int
@@ -43,8 +63,9 @@ options:
     description:
       - How the RAM will be taken (see M(dfir.vmcollect.pmemsave)); decides how many RAM-sized files lie on the
         destination at the peak (two for V(background_snapshot), none for V(none)).
+      - V(snapshot) is an ESXi memory snapshot, whose C(.vmem) is copied once.
     type: str
-    choices: [none, pmemsave, pmemsave_paused, core_dump, background_snapshot]
+    choices: [none, pmemsave, pmemsave_paused, core_dump, background_snapshot, snapshot]
     default: none
   dest:
     description:
@@ -214,6 +235,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             images=dict(type="list", elements="path", default=[]),
+            remote_images=dict(type="list", elements="dict", default=[], options=dict(
+                path=dict(type="str", required=True),
+                size_bytes=dict(type="int", required=True),
+                allocated_bytes=dict(type="int"),
+            )),
             memory_bytes=dict(type="int", default=0),
             memory_method=dict(type="str", choices=list(MEMORY_METHODS), default="none"),
             dest=dict(type="path"),
@@ -226,7 +252,8 @@ def main():
     p = module.params
     try:
         result = evaluate(p["images"], p["memory_bytes"], p["memory_method"], dest=p["dest"], lun=p["lun"],
-                          fail_when_short=p["fail_when_short"], reserve_bytes=p["reserve_bytes"])
+                          fail_when_short=p["fail_when_short"], reserve_bytes=p["reserve_bytes"],
+                          remote_images=p["remote_images"])
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

@@ -47,8 +47,10 @@ MARGIN_MIN = 64 * MIB  # kept free beyond the data of one write, at least...
 MARGIN_DIVISOR = 100  # ...or 1% of it, whichever is larger
 
 # RAM copies at the peak of each method (pmemsave's own check uses memory_need too)
-MEMORY_COPIES = {"none": 0, "pmemsave": 1, "pmemsave_paused": 1, "core_dump": 1, "background_snapshot": 2}
-MEMORY_METHODS = ("none", "pmemsave", "pmemsave_paused", "core_dump", "background_snapshot")
+# snapshot: an ESXi memory snapshot's .vmem, copied once (its .vmsn is small: the image margin covers it)
+MEMORY_COPIES = {"none": 0, "pmemsave": 1, "pmemsave_paused": 1, "core_dump": 1, "background_snapshot": 2,
+                 "snapshot": 1}
+MEMORY_METHODS = ("none", "pmemsave", "pmemsave_paused", "core_dump", "background_snapshot", "snapshot")
 
 LUN_EXTRA = 128 * MIB  # a LUN sized from a plan: 10% more, plus this, rounded down to MiB...
 LUN_MIN = 256 * MIB  # ...and never less than this
@@ -154,6 +156,33 @@ def measure_images(paths):
     return result
 
 
+def measure_remote_images(images):
+    """Images measured where they lie (an ESXi datastore): one dict per given ``{path, size_bytes, allocated_bytes}``,
+    in measure_images' shape; a path listed twice is counted once."""
+    seen = set()
+    result = []
+    for given in images or []:
+        if not isinstance(given, dict) or not given.get("path"):
+            raise InvalidInputError("Each remote image needs a path, size_bytes and allocated_bytes; got %r." % (given,))
+        try:
+            size = int(given.get("size_bytes") or 0)
+            allocated = int(given.get("allocated_bytes", size) or 0)
+        except (TypeError, ValueError):
+            raise InvalidInputError("The remote image %s has sizes that are not numbers of bytes: %r."
+                                    % (given["path"], given))
+        if size < 0 or allocated < 0:
+            raise InvalidInputError("The remote image %s has a negative size." % given["path"])
+        path = given["path"]
+        entry = {"path": path, "real_path": path, "size_bytes": size, "allocated_bytes": allocated,
+                 "margin_bytes": margin(allocated), "bytes_needed": image_need(allocated),
+                 "same_as": path if path in seen else None}
+        if entry["same_as"] is not None:
+            entry.update(margin_bytes=0, bytes_needed=0)
+        seen.add(path)
+        result.append(entry)
+    return result
+
+
 def free_bytes(folder):
     """Bytes an unprivileged writer may still use on the filesystem of an existing ``folder``."""
     vfs = os.statvfs(folder)
@@ -249,7 +278,8 @@ def _what(images, memory):
     return " and ".join(parts)
 
 
-def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, fail_when_short=True, reserve_bytes=0):
+def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, fail_when_short=True, reserve_bytes=0,
+             remote_images=None):
     """The plan of ``images`` and RAM against ``dest``'s free space and/or a LUN (see evidence_plan's RETURN).
 
     Reads only. Raises DestinationError (with the whole plan in its details) when it does not fit and
@@ -261,7 +291,7 @@ def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, 
     except (TypeError, ValueError):
         raise InvalidInputError("memory_bytes %r is not a number of bytes." % (memory_bytes,))
     memory_method = memory_method or "none"
-    measured = measure_images(images)
+    measured = measure_images(images) + measure_remote_images(remote_images)
     copies = memory_copies(memory_method)
     memory = {"bytes": memory_bytes, "method": memory_method, "copies": copies if memory_bytes else 0,
               "margin_bytes": margin(memory_bytes) if copies and memory_bytes else 0,
