@@ -7,6 +7,9 @@
 # Works when nothing is up and after a half-failed up.sh. It removes, in this order:
 #   1. every domain of the lab's libvirtd (destroy + undefine; that libvirtd is private to the lab)
 #   2. Ansible ssh ControlMaster sockets under $LAB_DIR/ansible/cp (asked to exit)
+#   2b. the simulated ESXi host (lab/vcsim/vcsim.sh stop: vcsim unmounts and detaches its VMFS
+#      datastores on the way out; after a kill -9 labstore.py sweeps what it left: mounts, loop
+#      devices, qemu-storage-daemon)
 #   3. mounts under $LAB_DIR in the root mount namespace (FUSE exports, ...) and loop devices
 #      backed by files under $LAB_DIR (checked again after step 6)
 #   4. processes the lab recorded in $LAB_DIR/run/lab-*.pid (only if their cmdline still matches)
@@ -43,6 +46,11 @@ for sock in "$LAB_DIR"/ansible/cp/*; do
   timeout 5 ssh -o ControlPath="$sock" -O exit lab-host >/dev/null 2>&1 && say "closed ssh master $(basename "$sock")"
   rm -f "$sock"
 done
+
+# ---- 2b. the simulated ESXi host --------------------------------------------------------------------
+if [ -e "$LAB_RUN/vcsim-esx.pid" ] || [ -e "$VCSIM_ESX_ENV" ] || [ -d "$LAB_DIR/vcsim-ds/vcsim-esx" ]; then
+  LAB_DIR="$LAB_DIR" timeout 200 bash "$LAB_SRC/vcsim/vcsim.sh" stop "$VCSIM_ESX_ENV" 2>&1 | sed 's/^/  /'
+fi
 
 # ---- 3. mounts under $LAB_DIR (root mount namespace), deepest first ------------------------------
 umount_lab() {
@@ -132,7 +140,7 @@ for ns in $LAB_NSS; do
   ns_exists "$ns" || continue
   ip netns del "$ns" && say "deleted netns $ns"
 done
-for link in $VETH_KVM $VETH_COLL; do
+for link in $LAB_VETHS; do
   ip link show "$link" >/dev/null 2>&1 && ip link del "$link" && say "deleted link $link"
 done
 sleep 0.2
@@ -193,12 +201,13 @@ fi
 # ---- 9. verify ----------------------------------------------------------------------------------------
 LEFT=""
 for ns in $LAB_NSS; do ns_exists "$ns" && LEFT="$LEFT netns:$ns"; done
-for link in $VETH_KVM $VETH_COLL; do ip link show "$link" >/dev/null 2>&1 && LEFT="$LEFT link:$link"; done
+for link in $LAB_VETHS; do ip link show "$link" >/dev/null 2>&1 && LEFT="$LEFT link:$link"; done
 for dev in $LOOPS $(lab_loops); do
   [ -r "/sys/block/${dev#/dev/}/loop/backing_file" ] && LEFT="$LEFT loop:$dev"
 done
 for p in /proc/[0-9]*; do
   [[ $(pid_cmdline "${p#/proc/}") == *"$LAB_RUN/lab-"* ]] && LEFT="$LEFT pid:${p#/proc/}"
+  [[ $(pid_cmdline "${p#/proc/}") == *"$VCSIM_ESX_ENV"* ]] && pid_alive "${p#/proc/}" && LEFT="$LEFT vcsim:${p#/proc/}"
 done
 [ -n "$(umount_lab)" ] && LEFT="$LEFT mounts:$(umount_lab | tr '\n' ',')"
 if [ -n "$LEFT" ]; then

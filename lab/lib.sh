@@ -3,15 +3,23 @@
 # Shared settings and helpers of the dfir.vmcollect test lab (sourced by up/down/status/build_guest).
 #
 # Topology (all addresses live in network namespaces the lab creates, except the root-side
-# ends of the two management veths):
+# ends of the three management veths):
 #
-#   root ns (Ansible, tests)                      vmc-kvm ns  (hostname vmc-kvm, "kvm1")
+#   root ns (Ansible, tests, pyVmomi)             vmc-kvm ns  (hostname vmc-kvm, "kvm1")
 #     vmc-kvm0  10.213.0.1/30  <== veth ==>  mgmt0 10.213.0.2/30   sshd + virtlogd + libvirtd
 #                                                stor0 10.213.1.2/30 ──┐
-#                                                                      │ veth (storage link)
+#                                                                      │ veth (storage link, KVM host)
 #                                               vmc-coll ns (hostname vmc-coll, "collector1")
 #     vmc-coll0 10.213.0.5/30  <== veth ==>  mgmt0 10.213.0.6/30   sshd (tgt installed, not started)
 #                                                stor0 10.213.1.1/30 ──┘
+#                                                stor1 10.213.1.5/30 ──┐
+#                                                                      │ veth (storage link, ESXi host)
+#                                               vmc-esx ns ("esx1", the simulated ESXi host)
+#     vmc-esx0  10.213.0.9/30  <== veth ==>  mgmt0 10.213.0.10/30  vcsim (lab/vcsim) on :443
+#                                                stor0 10.213.1.6/30 ──┘
+#
+# Each storage link is a /30 of its own: the collector's per-host firewall rule (initiator IQN AND
+# source address, nftables) tells the ESXi host from the KVM host as it would on a real network.
 
 LAB_DIR=${LAB_DIR:-/var/tmp/vmcollect-lab}
 LAB_SRC=${LAB_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
@@ -27,16 +35,28 @@ LAB_CACHE=$LAB_DIR/cache
 
 NS_KVM=vmc-kvm
 NS_COLL=vmc-coll
-LAB_NSS="$NS_KVM $NS_COLL"
+NS_ESX=vmc-esx
+LAB_NSS="$NS_KVM $NS_COLL $NS_ESX"
 VETH_KVM=vmc-kvm0
 VETH_COLL=vmc-coll0
+VETH_ESX=vmc-esx0
+LAB_VETHS="$VETH_KVM $VETH_COLL $VETH_ESX"
 KVM_PEER_ADDR=10.213.0.1      # root-ns side
 KVM_MGMT_ADDR=10.213.0.2
 COLL_PEER_ADDR=10.213.0.5     # root-ns side
 COLL_MGMT_ADDR=10.213.0.6
-COLL_STOR_ADDR=10.213.1.1
+ESX_PEER_ADDR=10.213.0.9      # root-ns side
+ESX_MGMT_ADDR=10.213.0.10     # vcsim listens here (ESX_VCSIM_PORT)
+COLL_STOR_ADDR=10.213.1.1     # collector, storage link to the KVM host (stor0)
 KVM_STOR_ADDR=10.213.1.2
+COLL_ESX_STOR_ADDR=10.213.1.5 # collector, storage link to the ESXi host (stor1)
+ESX_STOR_ADDR=10.213.1.6      # the ESXi host's iSCSI initiator address (stor0 in vmc-esx)
 LAB_NET_PREFIX=10.213.
+
+# The simulated ESXi host: lab/vcsim (govmomi's simulator + the lab's extensions) in $NS_ESX.
+ESX_NAME=esx1
+ESX_VCSIM_PORT=443
+VCSIM_ESX_ENV=$LAB_RUN/vcsim-esx.json     # vcsim's env file (url, certificate, lab.storage, ...)
 
 GUEST_NAME=vmc-victim
 GUEST_UUID=6c616276-6d63-4000-8000-76696374696d   # fixed: "labvmc" ... "victim"

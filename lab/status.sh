@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # status.sh - is the lab up and healthy?   bash lab/status.sh [-q]
 # Exit 0 only if everything is healthy: namespaces, both sshd answer `ssh -F ssh_config root@addr
-# true`, the lab's virtlogd/libvirtd run, the guest is running and its heartbeat advances, and
+# true`, the lab's virtlogd/libvirtd run, the guest is running and its heartbeat advances, the
+# simulated ESXi host (vcsim in vmc-esx) runs and answers HTTPS on its management address, and
 # lab.json exists. -q prints nothing.
 set -uo pipefail
 # shellcheck source=lib.sh
@@ -21,7 +22,7 @@ check() {  # what detail command...
 for ns in $LAB_NSS; do check "netns $ns" "" ns_exists "$ns"; done
 [ $FAILS = 0 ] || { [ $QUIET = 1 ] || echo "lab is DOWN"; exit 1; }
 
-for link in $VETH_KVM $VETH_COLL; do
+for link in $LAB_VETHS; do
   check "link $link" "$(ip -br -4 addr show dev "$link" 2>/dev/null | awk '{print $2, $3}')" \
     bash -c "ip -br link show dev $link | grep -qw UP"
 done
@@ -50,6 +51,21 @@ hb_ok() {
   return 1
 }
 check "guest heartbeat" "last $(guest_heartbeat)" hb_ok
+# the simulated ESXi host: our vcsim (pid file + argv checked by vcsim.sh), in its namespace, and
+# its SOAP endpoint answering from the root namespace (where the controller runs)
+vcsim_pid=$(sed -n 's/^  "pid": \([0-9]*\),$/\1/p' "$VCSIM_ESX_ENV" 2>/dev/null)
+check "vcsim $ESX_NAME" "pid ${vcsim_pid:-none}, $VCSIM_ESX_ENV" \
+  env LAB_DIR="$LAB_DIR" bash "$LAB_SRC/vcsim/vcsim.sh" status "$VCSIM_ESX_ENV"
+# shellcheck disable=SC2317  # esx_ns_ok is called through check()
+esx_ns_ok() { [ -n "$vcsim_pid" ] && [ "$(readlink "/proc/$vcsim_pid/ns/net")" = "$(ip netns exec "$NS_ESX" readlink /proc/self/ns/net)" ]; }
+check "vcsim in netns $NS_ESX" "" esx_ns_ok
+check "https://$ESX_MGMT_ADDR/sdk" "vimServiceVersions.xml" \
+  timeout 10 "$SYS_PY" -c 'import http.client, json, ssl, sys
+e = json.load(open(sys.argv[1]))
+c = http.client.HTTPSConnection(sys.argv[2], e["port"], timeout=5, context=ssl.create_default_context(cadata=e["cert_pem"]))
+c.request("GET", "/sdk/vimServiceVersions.xml")
+sys.exit(c.getresponse().status != 200)
+' "$VCSIM_ESX_ENV" "$ESX_MGMT_ADDR"
 check "lab.json" "$LAB_DIR/lab.json" test -s "$LAB_DIR/lab.json"
 
 if [ $FAILS = 0 ]; then

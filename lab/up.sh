@@ -8,9 +8,11 @@
 #                                                   half-failed up: down.sh must still clean up)
 #
 # If the lab is already up and healthy (lab/status.sh) this is a quick no-op. Otherwise it first
-# runs down.sh (cleans a partial or broken lab), then: builds the guest (cached), creates the
-# namespaces and veths, SSH keys and configs, starts the two hosts (sshd; on the KVM host also
-# virtlogd + libvirtd), defines and boots the guest through that libvirtd, and writes
+# runs down.sh (cleans a partial or broken lab), then: builds the guest (cached) and the vSphere
+# simulator (lab/vcsim/build.sh, cached), creates the namespaces and veths, SSH keys and configs,
+# starts the two SSH hosts (sshd; on the KVM host also virtlogd + libvirtd) and the simulated ESXi
+# host (vcsim in its namespace, https://10.213.0.10/sdk, env file $LAB_DIR/run/vcsim-esx.json),
+# defines and boots the guest through that libvirtd, and writes
 # $LAB_DIR/{ansible.cfg,inventory.ini,lab.json} and $LAB_DIR/ssh/{id_ed25519,known_hosts,ssh_config}.
 # Each step logs to $LAB_DIR/logs/up-<step>.log; a failing step prints the tail of its log.
 set -euo pipefail
@@ -44,10 +46,19 @@ step() {  # step "label" function
 preflight() {
   local t missing="" foreign
   for t in ip virsh qemu-img qemu-system-x86_64 sshd ssh ssh-keygen unshare setsid sfdisk mkfs.ext4 \
-           debugfs dpkg-deb apt-get gzip "$SYS_PY" /usr/sbin/libvirtd /usr/sbin/virtlogd; do
+           debugfs dpkg-deb apt-get gzip "$SYS_PY" /usr/sbin/libvirtd /usr/sbin/virtlogd nsenter; do
     command -v "$t" >/dev/null 2>&1 || missing="$missing $t"
   done
+  # the simulated ESXi host: built from Debian's govmomi (golang-go golang-github-vmware-govmomi-dev)
+  if [ ! -x "$LAB_DIR/bin/vcsim" ]; then
+    command -v go >/dev/null 2>&1 || missing="$missing go"
+    [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || missing="$missing govmomi-sources"
+  fi
   [ -z "$missing" ] || { echo "missing programs:$missing"; return 1; }
+  # its storage (software iSCSI, VMFS datastores) degrades to "no LUN" without these: say so
+  for t in iscsi-ls iscsi-inq iscsi-readcapacity16 qemu-storage-daemon sfdisk; do
+    command -v "$t" >/dev/null 2>&1 || echo "WARNING: $t missing: the ESXi host's software iSCSI finds no LUN"
+  done
   foreign=$(foreign_daemons)
   if [ -n "$foreign" ]; then
     echo "a libvirtd/virtlogd NOT started by the lab is running on this machine:"
@@ -63,7 +74,7 @@ preflight() {
   for t in $LAB_NSS; do
     ! ns_exists "$t" || { echo "network namespace $t still exists after down.sh"; return 1; }
   done
-  for t in $VETH_KVM $VETH_COLL; do
+  for t in $LAB_VETHS; do
     ! ip link show "$t" >/dev/null 2>&1 || { echo "link $t still exists after down.sh"; return 1; }
   done
   if ip -4 -o addr show | grep -F " $LAB_NET_PREFIX" ; then
@@ -79,29 +90,35 @@ build_guest() {
 
 network() {
   record_created_path /run/netns
-  ip netns add "$NS_KVM"
-  ip netns add "$NS_COLL"
-  ip -n "$NS_KVM" link set lo up
-  ip -n "$NS_COLL" link set lo up
+  local ns
+  for ns in $LAB_NSS; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+  done
   # NB: "name" is needed: "ip link add X type veth" parses X as an address
   ip link add name "$VETH_KVM" type veth peer name mgmt0 netns "$NS_KVM"
   ip link add name "$VETH_COLL" type veth peer name mgmt0 netns "$NS_COLL"
+  ip link add name "$VETH_ESX" type veth peer name mgmt0 netns "$NS_ESX"
   ip -n "$NS_COLL" link add name stor0 type veth peer name stor0 netns "$NS_KVM"
+  ip -n "$NS_COLL" link add name stor1 type veth peer name stor0 netns "$NS_ESX"   # the ESXi host's storage link
   ip addr add "$KVM_PEER_ADDR/30" dev "$VETH_KVM"
   ip addr add "$COLL_PEER_ADDR/30" dev "$VETH_COLL"
+  ip addr add "$ESX_PEER_ADDR/30" dev "$VETH_ESX"
   ip -n "$NS_KVM" addr add "$KVM_MGMT_ADDR/30" dev mgmt0
   ip -n "$NS_COLL" addr add "$COLL_MGMT_ADDR/30" dev mgmt0
+  ip -n "$NS_ESX" addr add "$ESX_MGMT_ADDR/30" dev mgmt0
   ip -n "$NS_KVM" addr add "$KVM_STOR_ADDR/30" dev stor0
   ip -n "$NS_COLL" addr add "$COLL_STOR_ADDR/30" dev stor0
-  ip link set "$VETH_KVM" up
-  ip link set "$VETH_COLL" up
-  local ns
+  ip -n "$NS_COLL" addr add "$COLL_ESX_STOR_ADDR/30" dev stor1
+  ip -n "$NS_ESX" addr add "$ESX_STOR_ADDR/30" dev stor0
+  for ns in $LAB_VETHS; do ip link set "$ns" up; done
   for ns in $LAB_NSS; do
     ip -n "$ns" link set mgmt0 up
     ip -n "$ns" link set stor0 up
   done
+  ip -n "$NS_COLL" link set stor1 up
   for ns in $LAB_NSS; do ip -n "$ns" -br addr; done
-  ip -br addr show dev "$VETH_KVM"; ip -br addr show dev "$VETH_COLL"
+  for ns in $LAB_VETHS; do ip -br addr show dev "$ns"; done
 }
 
 ssh_setup() {
@@ -235,6 +252,45 @@ start_hosts() {
   "${VIRSH[@]}" net-list --all
 }
 
+# ==== hook for the simulator's VM extension (lab/vcsim: disk.go, ram_image.sh; other developer) ====
+# ram_image.sh (when present) builds and caches the RAM image the simulated VMs' memory snapshots
+# serve; it prints the image's path on its last line, for vcsim's -ram-image flag. That flag (and
+# any other the VM extension documents) goes to vcsim in VCSIM_ARGS, only if the built binary
+# knows it. LAB_VCSIM_ARGS adds flags by hand (e.g. "-vm 3").
+vcsim_vm_args() {
+  local args=${LAB_VCSIM_ARGS:-} img="" knows=0 usage
+  usage=$("$LAB_DIR/bin/vcsim" -h 2>&1 || true)
+  [[ $usage == *"-ram-image"* ]] && knows=1
+  if [ -f "$LAB_SRC/vcsim/ram_image.sh" ]; then
+    if ! img=$(LAB_DIR="$LAB_DIR" bash "$LAB_SRC/vcsim/ram_image.sh" | tail -n 1); then
+      [ $knows = 0 ] || { echo "lab/vcsim/ram_image.sh failed" >&2; return 1; }
+      echo "WARNING: lab/vcsim/ram_image.sh failed (vcsim does not use its image yet: going on)" >&2
+      img=""
+    fi
+    # the lab VMs with real content (lab/vcsim/BEHAVIOUR-vms.md), whose memory snapshots serve that image
+    if [ -n "$img" ] && [ $knows = 1 ]; then args="$args -lab-vms -ram-image $img"; fi
+  fi
+  echo "$args"
+}
+# ===================================================================================================
+
+vcsim_build() {
+  LAB_DIR="$LAB_DIR" bash "$LAB_SRC/vcsim/build.sh"
+}
+
+# The simulated ESXi host "esx1": vcsim in its own network namespace on its management address,
+# port 443 (the TLS certificate covers that IP), reachable from the root namespace over vmc-esx0.
+esx_start() {
+  local args
+  args=$(vcsim_vm_args)
+  echo "VCSIM_ARGS=$args"
+  LAB_DIR="$LAB_DIR" VCSIM_NETNS="$NS_ESX" VCSIM_LISTEN="$ESX_MGMT_ADDR:$ESX_VCSIM_PORT" VCSIM_ARGS="$args" \
+    bash "$LAB_SRC/vcsim/vcsim.sh" start "$VCSIM_ESX_ENV"
+  wait_tcp "$ESX_MGMT_ADDR" "$ESX_VCSIM_PORT" 50   # from the root namespace, as the controller reaches it
+  "$SYS_PY" -c 'import json, sys; e = json.load(open(sys.argv[1])); s = e["lab"]["storage"]
+print(e["url"], e["mode"], "storage ready:", s["ready"], "missing:", s["missing"], s["hosts"])' "$VCSIM_ESX_ENV"
+}
+
 guest_start() {
   local B=$LAB_GUEST/build I=$LAB_GUEST/images L=$LAB_GUEST/logs i
   mkdir -p "$I" "$L" "$LAB_DIR/work"
@@ -275,8 +331,14 @@ ssh_check() {
 }
 
 write_configs() {
-  local marker A=$LAB_DIR/ansible
+  local marker A=$LAB_DIR/ansible esx_iqn
   marker=$(cat "$LAB_STATE/guest-marker")
+  esx_iqn=$("$SYS_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["lab"]["storage"]["hosts"][0]["iscsi_name"])' "$VCSIM_ESX_ENV")
+  # the simulator's lab login and its certificate (a copy that outlives its run folder), for the inventory
+  esx_user=$("$SYS_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["username"])' "$VCSIM_ESX_ENV")
+  esx_password=$("$SYS_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["password"])' "$VCSIM_ESX_ENV")
+  esx_cert=$LAB_DIR/ssh/esx1-ca.pem
+  "$SYS_PY" -c 'import json, sys; open(sys.argv[2], "w").write(json.load(open(sys.argv[1]))["cert_pem"])' "$VCSIM_ESX_ENV" "$esx_cert"
   mkdir -p "$A/cp" "$A/local-tmp" "$A/remote-tmp"
   cat > "$LAB_DIR/ansible.cfg" <<EOF
 # Ansible settings for the dfir.vmcollect lab (generated by lab/up.sh).
@@ -299,8 +361,12 @@ EOF
 [kvm_hosts]
 kvm1 ansible_host=$KVM_MGMT_ADDR lab_netns=$NS_KVM lab_hostname=$NS_KVM storage_address=$KVM_STOR_ADDR storage_peer_address=$COLL_STOR_ADDR vmcollect_storage_address=$KVM_STOR_ADDR
 
+# the simulated ESXi host, reached through its API from this controller (playbooks/acquire_esxi.yml)
+[esxi_hosts]
+$ESX_NAME ansible_host=$ESX_MGMT_ADDR ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}" esxi_acquire_username=$esx_user esxi_acquire_password=$esx_password esxi_acquire_ca_file=$esx_cert vmcollect_storage_address=$ESX_STOR_ADDR vmcollect_initiator_iqn=$esx_iqn
+
 [collectors]
-collector1 ansible_host=$COLL_MGMT_ADDR lab_netns=$NS_COLL lab_hostname=$NS_COLL storage_address=$COLL_STOR_ADDR storage_peer_address=$KVM_STOR_ADDR vmcollect_storage_address=$COLL_STOR_ADDR
+collector1 ansible_host=$COLL_MGMT_ADDR lab_netns=$NS_COLL lab_hostname=$NS_COLL storage_address=$COLL_STOR_ADDR storage_peer_address=$KVM_STOR_ADDR vmcollect_storage_address=$COLL_STOR_ADDR esx_storage_address=$COLL_ESX_STOR_ADDR esx_storage_peer_address=$ESX_STOR_ADDR
 
 [all:vars]
 ansible_user=root
@@ -313,6 +379,14 @@ lab_guest=$GUEST_NAME
 lab_libvirt_uri=$LIBVIRT_URI
 lab_kvm_storage_address=$KVM_STOR_ADDR
 lab_collector_storage_address=$COLL_STOR_ADDR
+# the simulated ESXi host $ESX_NAME (vcsim, no SSH: not an inventory host); its API: lab_esx_url
+lab_esx_netns=$NS_ESX
+lab_esx_mgmt_address=$ESX_MGMT_ADDR
+lab_esx_url=https://$ESX_MGMT_ADDR/sdk
+lab_esx_vcsim_env=$VCSIM_ESX_ENV
+lab_esx_storage_address=$ESX_STOR_ADDR
+lab_collector_esx_storage_address=$COLL_ESX_STOR_ADDR
+lab_esx_iscsi_name=$esx_iqn
 EOF
   # shellcheck disable=SC1091
   . "$LAB_GUEST/build/guest.env"
@@ -327,6 +401,12 @@ EOF
     "hosts.1.name=collector1" "hosts.1.group=collectors" "hosts.1.hostname=$NS_COLL" "hosts.1.netns=$NS_COLL" \
     "hosts.1.mgmt_address=$COLL_MGMT_ADDR" "hosts.1.mgmt_peer_address=$COLL_PEER_ADDR" \
     "hosts.1.storage_address=$COLL_STOR_ADDR" "hosts.1.storage_peer_address=$KVM_STOR_ADDR" \
+    "hosts.1.esx_storage_address=$COLL_ESX_STOR_ADDR" "hosts.1.esx_storage_peer_address=$ESX_STOR_ADDR" \
+    "esxi_hosts.0.name=$ESX_NAME" "esxi_hosts.0.netns=$NS_ESX" "esxi_hosts.0.mgmt_address=$ESX_MGMT_ADDR" \
+    "esxi_hosts.0.mgmt_peer_address=$ESX_PEER_ADDR" "esxi_hosts.0.port=$ESX_VCSIM_PORT" \
+    "esxi_hosts.0.url=https://$ESX_MGMT_ADDR/sdk" "esxi_hosts.0.vcsim_env=$VCSIM_ESX_ENV" \
+    "esxi_hosts.0.storage_address=$ESX_STOR_ADDR" "esxi_hosts.0.storage_peer_address=$COLL_ESX_STOR_ADDR" \
+    "esxi_hosts.0.iscsi_adapter=vmhba64" "esxi_hosts.0.iscsi_name=$esx_iqn" \
     "guest.name=$GUEST_NAME" "guest.uuid=$GUEST_UUID" "guest.marker=$marker" \
     "guest.memory_mib=$GUEST_MEM_MIB" "guest.vcpus=1" "guest.virt_type=qemu" "guest.host=kvm1" \
     "guest.console_log=$LAB_GUEST/logs/console.log" "guest.known_files_sha256=$LAB_GUEST/known-files.sha256" \
@@ -358,12 +438,14 @@ step "down.sh (previous state)"  cleanup_previous
 mkdir -p "$LAB_LOGS" "$LAB_RUN" "$LAB_STATE"
 step "preflight"                  preflight
 step "guest build (cached)"       build_guest
+step "vcsim build (cached)"       vcsim_build
 step "namespaces + veths"         network
 step "ssh keys + configs"         ssh_setup
 step "kvm host libvirt folders"   kvm_state_dirs
 step "start hosts (sshd/libvirt)" start_hosts
+step "esx1 (vcsim) start"         esx_start
 step "guest define + boot"        guest_start
 step "ssh + hostname check"       ssh_check
 step "ansible.cfg/inventory/json" write_configs
 printf '  %-30s %6ss\n' "TOTAL up.sh" "$(elapsed "$T_START")" | tee -a "$LAB_LOGS/timings.txt"
-echo "lab is up: $LAB_DIR/lab.json   ssh -F $LAB_SSH/ssh_config root@$KVM_MGMT_ADDR"
+echo "lab is up: $LAB_DIR/lab.json   ssh -F $LAB_SSH/ssh_config root@$KVM_MGMT_ADDR   ESXi: https://$ESX_MGMT_ADDR/sdk ($VCSIM_ESX_ENV)"

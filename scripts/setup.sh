@@ -22,6 +22,8 @@ APT_PACKAGES=(
   iproute2 openssh-server openssh-client fdisk cpio rsync bc
   # vSphere simulator, built offline from Debian's govmomi sources
   golang-go golang-github-vmware-govmomi-dev
+  # the ESXi tests read the acquired disks as an examiner would (mmls, fls, icat)
+  sleuthkit
   # building the venv (libvirt-python compiles against libvirt-dev) and sanity's shellcheck
   python3 python3-venv python3-dev gcc pkg-config libvirt-dev git make shellcheck
 )

@@ -8,6 +8,10 @@
 // credentials, certificate and thumbprints, datastores and their local
 // folders, VMs and their vmx paths, pid).
 //
+// Lab extensions (the other *.go files, registerExtension) add real ESXi behaviour; with
+// -lab-vms -ram-image PATH the content extension creates the lab's VMs with real disks, a
+// guest heartbeat, memory snapshots and consolidation (BEHAVIOUR-vms.md).
+//
 // Build offline (see build.sh):
 //
 //	GO111MODULE=off GOPROXY=off GOPATH=$PRIVATE:/usr/share/gocode go build -o vcsim main.go
@@ -30,10 +34,12 @@ import (
 	"log"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"syscall"
@@ -97,10 +103,27 @@ type labContext struct {
 	DsRoot   string // the folder holding each datastore's folder
 	Env      map[string]interface{}
 	cleanups *[]func()
+	httpWrap *[]func(http.Handler) http.Handler
 }
 
 // AddCleanup runs fn when the simulator stops (in reverse order of registration).
 func (c *labContext) AddCleanup(fn func()) { *c.cleanups = append(*c.cleanups, fn) }
+
+// WrapHTTP adds an HTTP middleware around the simulator's whole handler (the /sdk, /folder,
+// ... mux), applied once the server exists and before its address is published. Middlewares
+// run in registration order (the first registered sees a request first).
+func (c *labContext) WrapHTTP(mw func(http.Handler) http.Handler) {
+	*c.httpWrap = append(*c.httpWrap, mw)
+}
+
+// labOptions are the flags of the lab extensions (content, guest, snapshots).
+type labOptions struct {
+	LabVMs   bool   // -lab-vms: create the lab's VMs with real content
+	DiskMiB  int    // -disk-mib: virtual size of each lab disk
+	RAMImage string // -ram-image: raw guest RAM served as the .vmem of memory snapshots
+}
+
+var labOpts labOptions
 
 // labExtension gives the simulator one piece of real ESXi behaviour (see lab/README.md).
 type labExtension struct {
@@ -133,6 +156,11 @@ func run() error {
 	envPath := flag.String("env", "", "write a JSON file describing the running simulator here once it listens")
 	username := flag.String("username", "user", "the only accepted login user")
 	password := flag.String("password", "pass", "the only accepted login password")
+	flag.BoolVar(&labOpts.LabVMs, "lab-vms", false,
+		"create the lab's VMs with real disk content on LocalDS_0 (BEHAVIOUR-vms.md); the model's own VMs are then left out unless -vm is given")
+	flag.IntVar(&labOpts.DiskMiB, "disk-mib", 64, "virtual size in MiB of each lab VM disk (-lab-vms)")
+	flag.StringVar(&labOpts.RAMImage, "ram-image", "",
+		"raw 256 MiB guest RAM image (lab/vcsim/ram_image.sh) served as the .vmem of memory snapshots; required by -lab-vms")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments: %v", flag.Args())
@@ -159,6 +187,11 @@ func run() error {
 	}
 	if *nvm >= 0 {
 		model.Machine = *nvm
+	} else if labOpts.LabVMs {
+		model.Machine = 0 // only the lab's own VMs
+	}
+	if labOpts.LabVMs && model.Datastore == 0 {
+		return fmt.Errorf("-lab-vms puts its VMs on LocalDS_0: it needs -ds >= 1")
 	}
 	if *nds >= 0 {
 		model.Datastore = *nds
@@ -237,10 +270,11 @@ func run() error {
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 
 	labEnv := map[string]interface{}{}
+	var httpWrap []func(http.Handler) http.Handler
 	sort.Slice(extensions, func(i, j int) bool { return extensions[i].Name < extensions[j].Name })
 	for _, ext := range extensions {
 		ctx := &labContext{Model: model, Mode: *mode, Host: host, DsRoot: dsRoot, Env: map[string]interface{}{},
-			cleanups: &cleanups}
+			cleanups: &cleanups, httpWrap: &httpWrap}
 		if err = ext.Setup(ctx); err != nil {
 			return fmt.Errorf("lab extension %s: %v", ext.Name, err)
 		}
@@ -254,6 +288,11 @@ func run() error {
 	server := model.Service.NewServer()
 	closeServer := func() { stopServer(server) }
 	cleanups = append(cleanups, closeServer)
+	// The server already accepts connections, but nobody knows its port before the env
+	// file is written below: no request is in flight while the handler is swapped.
+	for i := len(httpWrap) - 1; i >= 0; i-- {
+		server.Config.Handler = httpWrap[i](server.Config.Handler)
+	}
 
 	addr := server.Listener.Addr().(*net.TCPAddr)
 	u := url.URL{Scheme: "https", Host: net.JoinHostPort(host, fmt.Sprint(addr.Port)), Path: "/sdk"}
@@ -333,12 +372,15 @@ func describe(model *simulator.Model) *envFile {
 
 	dsLocal := map[string]string{}
 	for _, e := range reg.All("Datastore") {
-		ds := e.(*simulator.Datastore)
+		ds := digMO[mo.Datastore](e)
+		if ds == nil || ds.Info == nil {
+			continue
+		}
 		u := ds.Info.GetDatastoreInfo().Url
 		dsLocal[ds.Name] = u
 		info.Datastores = append(info.Datastores, envDatastore{
 			Name:       ds.Name,
-			Datacenter: datacenterOf(reg, ds),
+			Datacenter: datacenterOf(reg, e),
 			Moref:      ds.Self.Value,
 			URL:        u,
 			LocalPath:  u,
@@ -348,7 +390,10 @@ func describe(model *simulator.Model) *envFile {
 		info.Datacenters = append(info.Datacenters, e.Entity().Name)
 	}
 	for _, e := range reg.All("VirtualMachine") {
-		vm := e.(*simulator.VirtualMachine)
+		vm := digMO[mo.VirtualMachine](e) // lab extensions wrap VMs (content.go)
+		if vm == nil {
+			continue
+		}
 		vmx := vm.Config.Files.VmPathName
 		local := ""
 		var p object.DatastorePath
@@ -360,7 +405,7 @@ func describe(model *simulator.Model) *envFile {
 		info.VMs = append(info.VMs, envVM{
 			Name:         vm.Name,
 			Moref:        vm.Self.Value,
-			Datacenter:   datacenterOf(reg, vm),
+			Datacenter:   datacenterOf(reg, e),
 			VmxPath:      vmx,
 			VmxLocalPath: local,
 			PowerState:   string(vm.Runtime.PowerState),
@@ -370,6 +415,32 @@ func describe(model *simulator.Model) *envFile {
 	sort.Slice(info.Datastores, func(i, j int) bool { return info.Datastores[i].Name < info.Datastores[j].Name })
 	sort.Slice(info.VMs, func(i, j int) bool { return info.VMs[i].Name < info.VMs[j].Name })
 	return info
+}
+
+// digMO returns the mo type T embedded (as first field, by value or pointer, at any
+// depth) in a registry object: the simulator's own types and lab wrappers of them.
+func digMO[T any](obj interface{}) *T {
+	want := reflect.TypeOf((*T)(nil)).Elem()
+	v := reflect.ValueOf(obj)
+	for i := 0; i < 8; i++ {
+		if v.Kind() == reflect.Ptr {
+			if v.IsNil() {
+				return nil
+			}
+			v = v.Elem()
+		}
+		if v.Kind() != reflect.Struct {
+			return nil
+		}
+		if v.Type() == want {
+			return v.Addr().Interface().(*T)
+		}
+		if v.NumField() == 0 {
+			return nil
+		}
+		v = v.Field(0)
+	}
+	return nil
 }
 
 // datacenterOf walks up the parent chain of an entity to its Datacenter.

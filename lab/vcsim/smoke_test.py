@@ -10,18 +10,29 @@ Exit 0 when every step works, 1 otherwise. Steps:
    the system trust store must fail, and the peer's SHA-256 thumbprint must
    equal ``thumbprint_sha256``.
 2. Login with SmartConnect and that context.
-3. List the VMs through a ContainerView + PropertyCollector retrieve (never
-   reading ``vm.snapshot`` of a VM without snapshots: pyvmomi >= 8 fails on it).
+3. List the VMs through a ContainerView + PropertyCollector retrieve (what a fast
+   client does; step 7 also reads ``vm.snapshot`` directly).
 4. Create a memory snapshot on a powered-on VM, wait for the task through the
    PropertyCollector (WaitForUpdatesEx with a timeout, no task.info polling).
 5. Remove it the same way.
 6. Write real bytes into the datastore's local folder and fetch a slice of
    them over HTTPS GET ``/folder/<path>?dcPath=<dc>&dsName=<ds>`` with a Range
-   header (session cookie sent, as a real ESXi wants it).
+   header (session cookie sent, as a real ESXi wants it); without the cookie the
+   simulator answers 401, as ESXi does.
+7. pyvmomi >= 8 fixes of the simulator: reading ``vm.snapshot`` of a VM without
+   snapshots directly gives None; ``task.info`` of a FileManager task is readable.
+
+When the simulator runs with -lab-vms (env ``lab.content.enabled``), step 4 snapshots
+the lab VM "Win Srv [prod] 01" (CBT on, real disk, guest heartbeat) and also checks the
+ESXi behaviour of lab/vcsim/BEHAVIOUR-vms.md: the .vmem (guest RAM) and .vmsn on disk,
+the delta in layoutEx, the frozen base unchanged while the heartbeat goes on in the
+delta, QueryChangedDiskAreas("*"), a thin CopyVirtualDisk of the frozen base (sparse and
+byte-equal); step 5 checks the consolidation (the delta's writes in the base, files gone).
 """
 
 import hashlib
 import http.client
+import re
 import json
 import os
 import ssl
@@ -174,10 +185,108 @@ def wait_task(si, task, want_result=False, timeout=TASK_TIMEOUT):
         pc.DestroyPropertyCollector()
 
 
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def heartbeat(path, offset):
+    """Counter of the lab guest's heartbeat block at offset of a disk file (0 if none)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        m = re.search(rb"LAB-HEARTBEAT v1 .* counter=(\d+) ", fh.read(512))
+    return int(m.group(1)) if m else 0
+
+
+def data_extents(path, size):
+    out, off = [], 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while off < size:
+            try:
+                start = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            out.append((start, end))
+            off = end
+    finally:
+        os.close(fd)
+    return out
+
+
+def poll_task(task, timeout=TASK_TIMEOUT):
+    """Wait by reading task.info (what pyvmomi 8 failed on against plain 0.24.2)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = task.info
+        if info.state in (vim.TaskInfo.State.success, vim.TaskInfo.State.error):
+            return info
+        check(time.monotonic() < deadline, "task %s: no result within %d s" % (task._moId, timeout))
+        time.sleep(0.05)
+
+
+def ds_local(env, dspath):
+    ds, rel = dspath[1:].split("] ", 1)
+    roots = {d["name"]: d["local_path"] for d in env["datastores"]}
+    return os.path.join(roots[ds], *rel.split("/"))
+
+
+def lab_snapshot_checks(si, env, vm, lab_vm, snap):
+    """ESXi behaviour of a memory snapshot of the CBT lab VM (BEHAVIOUR-vms.md)."""
+    disk = lab_vm["disks"][0]
+    props = vm_props(si, vm, ["layoutEx.file", "config.hardware.device"])
+    by_type = {f.type: f.name for f in props["layoutEx.file"]}
+    check("snapshotMemory" in by_type and "snapshotData" in by_type, "no .vmem/.vmsn in layoutEx")
+    vmem, vmsn = ds_local(env, by_type["snapshotMemory"]), ds_local(env, by_type["snapshotData"])
+    check(os.path.getsize(vmem) == 256 << 20, ".vmem is not 256 MiB")
+    with open(vmsn, "rb") as fh:
+        check(fh.read(4) == b"\xd2\xbe\xd2\xbe", ".vmsn magic")
+    with open(vmem, "rb") as fh:
+        check(env["lab"]["content"]["ram_marker"].encode() in fh.read(), "RAM marker not in the .vmem")
+    backing = next(d.backing for d in props["config.hardware.device"] if d.key == disk["key"])
+    check(re.search(r"-\d{6}\.vmdk$", backing.fileName) and backing.parent.fileName == disk["descriptor"],
+          "disk backing is not a delta over the base")
+    flat, hb = disk["flat_local"], disk["heartbeat_offset"]
+    delta = ds_local(env, backing.fileName[:-len(".vmdk")] + "-sesparse.vmdk")
+    h1, d1 = sha256_file(flat), heartbeat(delta, hb)
+    time.sleep(1.0)
+    check(sha256_file(flat) == h1, "the frozen base changed after the snapshot")
+    check(heartbeat(delta, hb) > d1 > heartbeat(flat, hb), "the guest heartbeat does not go on in the delta")
+    areas = vm.QueryChangedDiskAreas(snapshot=snap, deviceKey=disk["key"], startOffset=0, changeId="*")
+    got = [(a.start, a.start + a.length) for a in areas.changedArea]
+    check(got == data_extents(flat, disk["virtual_bytes"]), "CBT '*' areas differ from the base's data extents")
+    content = si.RetrieveContent()
+    dc = next(e for e in content.rootFolder.childEntity if e.name == env["datacenters"][0])
+    dest = "[LocalDS_0] smoke-%d/base.vmdk" % os.getpid()
+    spec = vim.VirtualDiskManager.FileBackedVirtualDiskSpec(diskType="thin", adapterType="lsiLogic",
+                                                            capacityKb=disk["virtual_bytes"] // 1024)
+    info = poll_task(content.virtualDiskManager.CopyVirtualDisk_Task(
+        sourceName=disk["descriptor"], sourceDatacenter=dc, destName=dest, destSpec=spec))
+    check(info.state == "success", "CopyVirtualDisk_Task: %s" % info.error)
+    clone = ds_local(env, dest.replace(".vmdk", "-flat.vmdk"))
+    st = os.stat(clone)
+    check(st.st_blocks * 512 < st.st_size // 4 and sha256_file(clone) == h1, "thin clone not sparse or differs")
+    poll_task(content.virtualDiskManager.DeleteVirtualDisk_Task(name=dest, datacenter=dc))
+    log("lab VM %s: .vmem 256 MiB with the RAM marker, .vmsn, delta backing; base unchanged over 1 s while "
+        "the heartbeat goes on in the delta; CBT '*' = %d data extents; thin clone %d KiB allocated, byte-equal"
+        % (lab_vm["name"], len(got), st.st_blocks // 2))
+    return disk, delta
+
+
 def snapshot_cycle(si, env, vms):
     powered = [vm for vm, p in sorted(vms.items(), key=lambda kv: kv[1]["name"])
                if p.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn]
     check(powered, "no powered-on VM to snapshot")
+    content = env.get("lab", {}).get("content", {})
+    lab_vm = None
+    if content.get("enabled"):
+        lab_vm = next(v for v in content["vms"] if v["role"] == "cbt")
+        powered = [vm for vm in powered if vm._moId == lab_vm["moref"]]
+        check(powered, "lab VM %s is not powered on" % lab_vm["name"])
     vm = powered[0]
     name = vms[vm]["name"]
     snap_name = "smoke-%d" % os.getpid()
@@ -208,6 +317,7 @@ def snapshot_cycle(si, env, vms):
             on_disk.append("%s (%d bytes)" % (os.path.basename(local), os.path.getsize(local)))
     log("snapshot tree %s; snapshot files in layoutEx: %s; on disk: %s"
         % (roots, snap_files or "none", on_disk or "none"))
+    disk, delta = lab_snapshot_checks(si, env, vm, lab_vm, snap) if lab_vm else (None, None)
 
     t0 = time.monotonic()
     task = snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True)
@@ -218,6 +328,14 @@ def snapshot_cycle(si, env, vms):
           "snapshot still present after RemoveSnapshot_Task")
     log("RemoveSnapshot_Task -> success in %.2f s; VM %s has no snapshot left"
         % (time.monotonic() - t0, name))
+    if disk is not None:
+        check(not os.path.exists(delta), "the delta is still there after the consolidation")
+        check(heartbeat(disk["flat_local"], disk["heartbeat_offset"]) > 0, "no heartbeat in the base")
+        props = vm_props(si, vm, ["runtime.consolidationNeeded", "layoutEx.file"])
+        check(props.get("runtime.consolidationNeeded") is False, "consolidationNeeded")
+        check(not [f for f in props["layoutEx.file"] if f.type in ("snapshotData", "snapshotMemory")],
+              "snapshot files still in layoutEx")
+        log("consolidated: delta, .vmsn and .vmem gone, the heartbeat written meanwhile is in the base")
     return vm, name
 
 
@@ -254,8 +372,33 @@ def range_get(si, env, ctx):
         check(body == data[first:last + 1], "Range body differs from the file's bytes")
         log("HTTPS GET %s Range bytes=%d-%d -> 206, %d bytes, %s, content matches (sha256 %s…)"
             % (path, first, last, len(body), cr, hashlib.sha256(body).hexdigest()[:16]))
+        conn = http.client.HTTPSConnection(env["host"], env["port"], context=ctx, timeout=30)
+        conn.request("GET", path, headers={"Range": headers["Range"]})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        check(resp.status == 401, "GET %s without the session cookie: HTTP %d, want 401" % (path, resp.status))
+        log("the same GET without the session cookie -> 401, as on ESXi")
     finally:
         os.remove(local)
+
+
+def compat_checks(si, env, vms):
+    """pyvmomi >= 8 against the simulator: unset property and task.info of a manager task."""
+    vm = sorted(vms, key=lambda v: vms[v]["name"])[0]
+    snaps = vm_props(si, vm, ["snapshot"]).get("snapshot")
+    if snaps is None:
+        check(vm.snapshot is None, "vm.snapshot of a VM without snapshots is not None")
+    content = si.RetrieveContent()
+    dc = next(e for e in content.rootFolder.childEntity if e.name == env["datacenters"][0])
+    vmx = vms[vm]["config.files.vmPathName"]
+    dest = "[%s] smoke-%d.vmx" % (vmx[1:].split("]")[0], os.getpid())
+    info = poll_task(content.fileManager.CopyDatastoreFile_Task(
+        sourceName=vmx, sourceDatacenter=dc, destinationName=dest, destinationDatacenter=dc))
+    check(info.state == "success" and info.entity is None, "CopyDatastoreFile_Task info %s" % info)
+    poll_task(content.fileManager.DeleteDatastoreFile_Task(name=dest, datacenter=dc))
+    log("pyvmomi %s: vm.snapshot read directly -> %s; task.info of FileManager tasks readable (entity unset)"
+        % (pyvmomi_version(), "None" if snaps is None else "set"))
 
 
 def pyvmomi_version():
@@ -300,6 +443,7 @@ def main(argv):
 
         snapshot_cycle(si, env, vms)
         range_get(si, env, ctx)
+        compat_checks(si, env, vms)
     finally:
         Disconnect(si)
     log("PASS")

@@ -93,3 +93,15 @@ class LockHeldError(VmcollectError):
 
 class StoppedError(VmcollectError):
     """The module was stopped (SIGTERM) while it worked for a case: the case's teardown stops what is still running."""
+
+
+class VsphereError(VmcollectError):
+    """The vSphere API (an ESXi host or a vCenter) refused or failed a call, or a task did not finish in time."""
+
+
+class VsphereConnectionError(VsphereError):
+    """An ESXi host or vCenter cannot be reached, its TLS certificate is not the one trusted, or it refused the login."""
+
+
+class VmNotFoundError(VsphereError):
+    """No VM (or more than one) matches the name or UUID given on the ESXi host or vCenter."""

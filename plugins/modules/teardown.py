@@ -72,6 +72,20 @@ options:
         description: Whether the system's TLS certificate must be valid.
         type: bool
         default: true
+      ca_file:
+        description: PEM file of the certificate authorities that may sign the system's certificate (vSphere).
+        type: path
+      thumbprint:
+        description:
+          - SHA-256 fingerprint the system's certificate must have (vSphere; V(AA:BB:...) or hex). Checked before
+            anything is sent; mutually exclusive with O(connection.ca_file).
+        type: str
+      datacenter:
+        description: The vSphere datacenter to look for the journaled VMs in.
+        type: str
+      timeout:
+        description: Seconds each vSphere task of an undo (a snapshot's removal, a consolidation) may take.
+        type: int
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.journal
@@ -149,6 +163,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import snapsho
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as _iscsi_target  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import snapshot as _vsphere_snapshot  # noqa: F401 pylint: disable=unused-import
 
 
 def argument_spec():
@@ -161,6 +176,10 @@ def argument_spec():
             username=dict(type="str"),
             password=dict(type="str", no_log=True),
             validate_certs=dict(type="bool", default=True),
+            ca_file=dict(type="path"),
+            thumbprint=dict(type="str"),
+            datacenter=dict(type="str"),
+            timeout=dict(type="int"),
         )),
         **journal_spec()
     )

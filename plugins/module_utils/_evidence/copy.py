@@ -3,9 +3,11 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Forensic copy of one file or block device: sparse, hashed in the same read, verified, resumable.
 
-One read of the source (``_hashing.read_source``) feeds the hash threads and a destination
+One read of the source (``hashing.read_extents``) feeds the hash threads and a destination
 writer from the same buffers. Holes are never read and never written: the destination is
-truncated to its final size and only data extents are written, so holes stay holes.
+truncated to its final size and only data extents are written, so holes stay holes. The
+source is a local file here (``hashing.FileSource``); ``_vsphere.fetch`` gives the same
+engine a datastore file read over HTTPS (its all-zero blocks are not written either).
 
 On the destination side:
 
@@ -42,16 +44,22 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import (
     DEFAULT_BLOCK_SIZE,
     SUPPORTED_ALGORITHMS,
+    FileSource,
     HashConsumer,
     absolute,
     hash_path,
     identity,
     normalize_algorithms,
     normalize_digest,
-    read_source,
+    read_extents,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.space import allocated_bytes, free_bytes, image_need
-from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse import iter_extents, open_source, source_size
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse import (
+    data_runs,
+    iter_extents,
+    open_source,
+    source_size,
+)
 
 MIB = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
@@ -196,7 +204,10 @@ class DestWriter(object):
 
     Holes are never handed to it (``wants_holes`` False): the partial file was truncated
     to its final size, so they read as zeros without a write. Blocks that end at or below
-    ``skip_below`` (the complete prefix of a resumed copy) are not written again.
+    ``skip_below`` (the complete prefix of a resumed copy) are not written again. With
+    ``skip_zeros``, the all-zero 64 KiB pieces of data blocks are not written either (a
+    source that cannot tell its holes, such as a file read over HTTPS); ``zero_bytes``
+    counts them.
 
     Every ``checkpoint_bytes`` of data written, a checkpoint thread fdatasyncs the file and
     then records with ``checkpoint(copied_upto)`` the offset the writer had reached when the
@@ -208,10 +219,12 @@ class DestWriter(object):
     wants_holes = False
     name = "writer"
 
-    def __init__(self, fd, path, skip_below=0, checkpoint_bytes=CHECKPOINT_BYTES, checkpoint=None):
+    def __init__(self, fd, path, skip_below=0, checkpoint_bytes=CHECKPOINT_BYTES, checkpoint=None, skip_zeros=False):
         self.fd = fd
         self.path = path
         self.skip_below = skip_below
+        self.skip_zeros = skip_zeros
+        self.zero_bytes = 0
         self.checkpoint_bytes = max(int(checkpoint_bytes), 1)
         self.checkpoint = checkpoint
         self.written = 0
@@ -224,7 +237,15 @@ class DestWriter(object):
         end = offset + len(view)
         if end > self.skip_below:
             start = max(offset, self.skip_below)
-            self._write(view[start - offset:], start)
+            part = view[start - offset:]
+            if self.skip_zeros:
+                written = 0
+                for begin, length in data_runs(part, start):
+                    self._write(part[begin:begin + length], start + begin)
+                    written += length
+                self.zero_bytes += len(part) - written
+            else:
+                self._write(part, start)
             self.done_upto = end
         if self._pending >= self.checkpoint_bytes and (self._syncing is None or not self._syncing.is_alive()):
             self._raise_error()
@@ -293,7 +314,9 @@ def _mismatches(what, got, want):
 
 
 def _check_destination(src, dest, src_st):
-    """Refuse a destination whose folder is missing or that is not a file path we may create."""
+    """Refuse a destination whose folder is missing or that is not a file path we may create.
+
+    ``src_st`` is the local source's stat (None for a source on another host)."""
     folder = os.path.dirname(dest)
     if not os.path.isdir(folder):
         raise DestinationError("The destination folder %s does not exist; create it first." % folder,
@@ -311,7 +334,7 @@ def _check_destination(src, dest, src_st):
         if not stat.S_ISREG(st.st_mode):
             raise DestinationError("The destination %s exists and is not a regular file (a folder, a link or a "
                                    "device); give the path of a file to create." % path, failed_path=path)
-        if (st.st_dev, st.st_ino) == (src_st.st_dev, src_st.st_ino):
+        if src_st is not None and (st.st_dev, st.st_ino) == (src_st.st_dev, src_st.st_ino):
             raise InvalidInputError("The destination %s is the source %s itself." % (path, src), failed_path=path)
 
 
@@ -405,7 +428,8 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
         free = free_bytes(folder)
         result = _result(src, dest, size, data_bytes, hole_bytes, free)
         if os.path.exists(dest):
-            done = _compare_existing(fd, st, src, dest, algorithms, want, block_size, reporter, result, force)
+            done = _compare_existing(FileSource(fd, st, src), src, dest, algorithms, want, block_size, reporter,
+                                     result, force)
             if done:
                 return result
         src_identity = identity(st)
@@ -429,23 +453,24 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
         result["changed"] = True
         if check_mode:
             if want:
-                hashed = _hash_open_source(fd, st, src, algorithms, block_size, reporter, "hash")
+                hashed = _hash_source(FileSource(fd, st, src), algorithms, block_size, reporter, "hash")
                 result["digests"] = hashed["digests"]
                 _raise_source_mismatch(src, hashed["digests"], want)
             result["msg"] = "Would copy %s to %s: %d bytes, %d of them data%s; %d bytes are free there." % (
                 src, dest, size, data_bytes, ", resuming at byte %d" % resume if resume else "", free)
             return result
-        _copy(fd, st, src, dest, partial, sidecar_path, folder, algorithms, want, block_size, mode, resume,
-              checkpoint_bytes, reporter, verify, force, result)
+        _copy(FileSource(fd, st, src, verb="copied"), list(src_identity), src, dest, partial, sidecar_path, folder,
+              algorithms, want, block_size, mode, resume, checkpoint_bytes, reporter, verify, force, result)
     finally:
         os.close(fd)
     return result
 
 
-def _hash_open_source(fd, st, src, algorithms, block_size, reporter, phase):
+def _hash_source(source, algorithms, block_size, reporter, phase):
+    """Read and hash a source (``hashing.FileSource`` or alike) without writing."""
     hashers = [hashlib.new(a) for a in algorithms]
-    report = reporter.phase(phase, source_size(fd, st), None)
-    stats = read_source(fd, st, src, [HashConsumer(h) for h in hashers], block_size, progress=report, threaded=True)
+    report = reporter.phase(phase, source.size, None)
+    stats = read_extents(source, [HashConsumer(h) for h in hashers], block_size, progress=report, threaded=True)
     return {"digests": dict((h.name, h.hexdigest()) for h in hashers), "seconds": stats["seconds"],
             "data_bytes": stats["data_bytes"]}
 
@@ -458,14 +483,14 @@ def _raise_source_mismatch(src, digests, want):
             % (src, "; ".join(mismatches)), failed_path=src, digests=digests, mismatches=mismatches)
 
 
-def _compare_existing(fd, st, src, dest, algorithms, want, block_size, reporter, result, force):
+def _compare_existing(source, src, dest, algorithms, want, block_size, reporter, result, force):
     """An existing destination: equal to the source (True: nothing to do), refused, or to replace (False).
 
     Telling equal from different reads both (a different size needs no read).
     """
     dest_size = os.stat(dest).st_size
     if dest_size == result["size"]:
-        hashed = _hash_open_source(fd, st, src, algorithms, block_size, reporter, "hash")
+        hashed = _hash_source(source, algorithms, block_size, reporter, "hash")
         result["digests"] = hashed["digests"]
         result["seconds"] = round(hashed["seconds"], 6)
         result["mib_per_s"] = _rate(result["size"], hashed["seconds"])
@@ -505,16 +530,24 @@ def _open_partial(partial, resume, mode):
     return fd
 
 
-def _copy(fd, st, src, dest, partial, sidecar_path, folder, algorithms, want, block_size, mode, resume,
-          checkpoint_bytes, reporter, verify, force, result):
+def _copy(source, source_identity, src, dest, partial, sidecar_path, folder, algorithms, want, block_size, mode,
+          resume, checkpoint_bytes, reporter, verify, force, result, consumers=None, skip_zeros=False,
+          state_extra=None):
+    """Write ``source`` to ``partial`` while hashing it, verify, publish as ``dest``; fills ``result``.
+
+    ``consumers`` are the hash consumers (``HashConsumer`` or alike: ``.hasher``) when the caller made them (they
+    may have hashed a prefix already); ``state_extra(upto)`` returns more keys for the sidecar at each checkpoint.
+    """
     size = result["size"]
     state = {
-        "format": SIDECAR_FORMAT, "src": src, "dest": dest, "source_identity": list(identity(st)),
+        "format": SIDECAR_FORMAT, "src": src, "dest": dest, "source_identity": source_identity,
         "algorithms": algorithms, "block_size": block_size, "copied_upto": resume,
     }
 
     def checkpoint(upto):
         state["copied_upto"] = upto
+        if state_extra is not None:
+            state.update(state_extra(upto))
         try:
             write_atomic(sidecar_path, json.dumps(state, sort_keys=True) + "\n")
         except OSError as exc:
@@ -523,19 +556,20 @@ def _copy(fd, st, src, dest, partial, sidecar_path, folder, algorithms, want, bl
     if not resume:  # no sidecar may outlive the truncation below and vouch for a prefix
         _unlink_quiet(sidecar_path)
     out = _open_partial(partial, resume, mode)
-    writer = DestWriter(out, partial, resume, checkpoint_bytes, checkpoint)
+    writer = DestWriter(out, partial, resume, checkpoint_bytes, checkpoint, skip_zeros)
     try:
         checkpoint(resume)  # before the first byte: the partial file is ours, and how far it is complete
         try:
             os.ftruncate(out, size)  # holes stay holes: only data extents are written below
         except OSError as exc:
             raise _write_error(partial, exc, None)
-        hashers = [hashlib.new(a) for a in algorithms]
+        if consumers is None:
+            consumers = [HashConsumer(hashlib.new(a)) for a in algorithms]
+        hashers = [c.hasher for c in consumers]
         started = time.monotonic()
         report = reporter.phase("copy", size, result["data_bytes"])
         try:
-            stats = read_source(fd, st, src, [HashConsumer(h) for h in hashers] + [writer], block_size,
-                                progress=report, verb="copied")
+            stats = read_extents(source, list(consumers) + [writer], block_size, progress=report)
         except BaseException:
             _join_quietly(writer)  # never close the file under a checkpoint's fdatasync
             raise
@@ -554,6 +588,8 @@ def _copy(fd, st, src, dest, partial, sidecar_path, folder, algorithms, want, bl
     digests = dict((h.name, h.hexdigest()) for h in hashers)
     result.update(digests=digests, data_bytes=stats["data_bytes"], hole_bytes=stats["hole_bytes"],
                   seconds=round(seconds, 6), mib_per_s=_rate(size, seconds), written_bytes=writer.written)
+    if skip_zeros:
+        result["zero_bytes"] = writer.zero_bytes
     try:
         _raise_source_mismatch(src, digests, want)
     except HashMismatchError:

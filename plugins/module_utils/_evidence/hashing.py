@@ -7,9 +7,10 @@ One reader fills buffers from a small pool; every algorithm has its own thread t
 hashes each buffer (hashlib releases the GIL on large updates, so the algorithms really
 run in parallel); a buffer goes back to the pool once every algorithm has hashed it.
 With a single algorithm there is no thread at all: read and hash in one loop (unless the
-caller asks for a reading thread, to overlap cold reads with hashing). ``read_source`` is
-that one read; its consumers are hashers here, and hashers plus a destination writer in
-``_copy`` (one fan-out for both).
+caller asks for a reading thread, to overlap cold reads with hashing). ``read_extents`` is
+that one read, of any source that yields ``(offset, length, is_data)`` extents and reads into
+buffers (``FileSource`` here, a datastore file over HTTPS in ``_vsphere.fetch``); its consumers
+are hashers here, and hashers plus a destination writer in ``copy`` (one fan-out for both).
 
 Holes of sparse files are hashed as zeros without being read. Sources are opened
 read-only, with O_NOATIME where allowed, and a regular file whose size, inode or mtime
@@ -247,33 +248,62 @@ def identity(st):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def read_source(fd, st_before, path, consumers, block_size=DEFAULT_BLOCK_SIZE, sparse=True, progress=None,
-                verb="hashed", threaded=False):
-    """Read an open source once, in order, feeding every block to every consumer.
+class FileSource(object):
+    """An open regular file or block device as a source of ``read_extents``.
+
+    A source has a ``size``, ``extents()`` (``(offset, length, is_data)`` ranges covering
+    ``[0, size)`` in order; holes read as zeros), ``read_into(view, offset)`` (fill ``view``
+    exactly, or raise) and ``check_unchanged()`` (raise if the source moved while it was read).
+    ``_vsphere.fetch`` has a datastore file over HTTPS in the same shape.
+    """
+
+    def __init__(self, fd, st, path, sparse=True, verb="hashed"):
+        self.fd = fd
+        self.st = st
+        self.path = path
+        self.sparse = sparse
+        self.verb = verb
+        self.size = source_size(fd, st)
+
+    def extents(self):
+        return iter_extents(self.fd, self.size) if self.sparse else [(0, self.size, True)]
+
+    def read_into(self, view, offset):
+        _read_exact(self.fd, offset, view, self.path, self.verb)
+
+    def check_unchanged(self):
+        st_after = os.fstat(self.fd)
+        if stat.S_ISREG(self.st.st_mode) and identity(self.st) != identity(st_after):
+            raise EvidenceSourceError(
+                "The file %s changed while it was being %s (size or modification time moved); "
+                "its digest would describe no real state." % (self.path, self.verb), failed_path=self.path)
+
+
+def read_extents(source, consumers, block_size=DEFAULT_BLOCK_SIZE, progress=None, threaded=False):
+    """Read a source (``FileSource`` or alike) once, in order, feeding every block to every consumer.
 
     ``consumers`` have ``name``, ``wants_holes`` and ``consume(view, offset, is_data)``; with
     one consumer it runs in the reading thread (unless ``threaded``: then reads from a cold
     disk overlap the hashing), with several each gets a thread of its own fed from the same
     buffers. Holes are handed, as zeros and without a read, to consumers
     that want them. ``progress(done_bytes, total_bytes)`` is called after every block.
-    A regular file whose identity moved meanwhile is an error.
+    ``source.check_unchanged()`` runs after the read.
 
     Returns a dict: size, data_bytes (bytes read), hole_bytes (bytes not read), seconds.
     """
     block_size = max(int(block_size), MIN_BLOCK_SIZE)
-    size = source_size(fd, st_before)
+    size = source.size
     sink = (_ThreadedSink if threaded or len(consumers) > 1 else _SerialSink)(consumers, block_size)
     data_bytes = hole_bytes = 0
     started = time.monotonic()
     try:
-        extents = iter_extents(fd, size) if sparse else [(0, size, True)]
-        for offset, length, is_data in extents:
+        for offset, length, is_data in source.extents():
             end = offset + length
             while offset < end:
                 n = min(block_size if is_data else max(block_size, HOLE_CHUNK), end - offset)
                 if is_data:
                     buf = sink.buffer()
-                    _read_exact(fd, offset, memoryview(buf)[:n], path, verb)
+                    source.read_into(memoryview(buf)[:n], offset)
                     sink.submit(buf, n, offset)
                     data_bytes += n
                 else:
@@ -286,12 +316,17 @@ def read_source(fd, st_before, path, consumers, block_size=DEFAULT_BLOCK_SIZE, s
     finally:
         sink.close()
     seconds = time.monotonic() - started
-    st_after = os.fstat(fd)
-    if stat.S_ISREG(st_before.st_mode) and identity(st_before) != identity(st_after):
-        raise EvidenceSourceError(
-            "The file %s changed while it was being %s (size or modification time moved); "
-            "its digest would describe no real state." % (path, verb), failed_path=path)
+    source.check_unchanged()
     return {"size": size, "data_bytes": data_bytes, "hole_bytes": hole_bytes, "seconds": seconds}
+
+
+def read_source(fd, st_before, path, consumers, block_size=DEFAULT_BLOCK_SIZE, sparse=True, progress=None,
+                verb="hashed", threaded=False):
+    """``read_extents`` of an open regular file or block device (see there and ``FileSource``).
+
+    A regular file whose identity (device, inode, size, mtime) moved meanwhile is an error.
+    """
+    return read_extents(FileSource(fd, st_before, path, sparse, verb), consumers, block_size, progress, threaded)
 
 
 def hash_result(path, hashers, stats):

@@ -104,3 +104,48 @@ def iter_extents(fd, size):
         hole = min(os.lseek(fd, data, SEEK_HOLE), size)
         yield data, hole - data, True
         pos = hole
+
+
+_PAGE = 4096
+_ZERO_PAGE = bytes(_PAGE)
+ZERO_GRAIN = 64 * 1024  # the pieces of a block a sparse writer checks for zeros (file offsets, aligned)
+_ZEROS = {}  # length -> bytes of zeros, for the few block lengths a copy sees
+
+
+def is_zero(view):
+    """Whether every byte of ``view`` (a buffer) is zero: a block a sparse writer can leave as a hole.
+
+    The first page decides most blocks at once; only a block that starts with zeros is compared whole.
+    """
+    n = len(view)
+    if view[:_PAGE].tobytes() != _ZERO_PAGE[:min(n, _PAGE)]:
+        return False
+    if n <= _PAGE:
+        return True
+    zeros = _ZEROS.get(n)
+    if zeros is None:
+        if len(_ZEROS) > 8:
+            _ZEROS.clear()
+        zeros = _ZEROS[n] = bytes(n)
+    return view.tobytes() == zeros
+
+
+def data_runs(view, offset, grain=ZERO_GRAIN):
+    """``[(start, length)]`` within ``view`` (which holds the file's bytes from ``offset``) of the runs of
+    ``grain``-aligned pieces that are not all zeros: what a sparse writer writes, the rest staying holes."""
+    runs = []
+    total = len(view)
+    pos = 0
+    run = None
+    while pos < total:
+        end = min(total, pos + grain - (offset + pos) % grain)
+        if is_zero(view[pos:end]):
+            if run is not None:
+                runs.append((run, pos - run))
+                run = None
+        elif run is None:
+            run = pos
+        pos = end
+    if run is not None:
+        runs.append((run, total - run))
+    return runs
