@@ -249,3 +249,44 @@ def test_kill_after_the_snapshot_then_teardown_restores_the_host(acquisition, la
         time.sleep(0.5)
     assert host_state(esx) == before
     assert not os.path.exists(folder)
+
+
+@pytest.fixture(scope="module")
+def vcenter(lab, tmp_path_factory):
+    """A vCenter managing the lab's ESXi VMs: the same simulator in vpx mode on loopback, with the lab VMs."""
+    run = tmp_path_factory.mktemp("vcenter")
+    envfile = str(run / "vcsim-vcenter.json")
+    ram = os.path.join(os.path.dirname(lab["ansible_cfg"]), "vcsim-ram", "ram-256m.raw")
+    env = dict(os.environ, LAB_DIR=os.path.dirname(lab["ansible_cfg"]), VCSIM_DATASTORE_DIR=str(run / "ds"),
+               VCSIM_ARGS="-mode vpx -lab-vms -ram-image %s" % ram)
+    ctl = os.path.join(ROOT, "lab", "vcsim", "vcsim.sh")
+    start = subprocess.run(["bash", ctl, "start", envfile], env=env, check=False, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert start.returncode == 0, start.stdout
+    try:
+        with open(envfile) as f:
+            data = json.load(f)
+        yield {"env": data, "vms": dict((v["name"], v) for v in data["lab"]["content"]["vms"]),
+               "content": data["lab"]["content"]}
+    finally:
+        subprocess.run(["bash", ctl, "stop", envfile], env=env, check=False, stdout=subprocess.DEVNULL, timeout=60)
+
+
+def test_through_a_vcenter(acquisition, vcenter, ansible_playbook):
+    """The same acquisition through a vCenter (api_type VirtualCenter, datacenter DC0), host restored exactly."""
+    env = vcenter["env"]
+    assert env["api_type"] == "VirtualCenter"
+    work = acquisition["work"]
+    args = _args("case-esxi-vc", work + "/ev-vc", work + "/j-vc") + [
+        "-e", "esxi_acquire_hostname=" + env["host"], "-e", "esxi_acquire_port=%d" % env["port"],
+        "-e", "esxi_acquire_ca_file=" + env["cert_file"], "-e", "esxi_acquire_datacenter=DC0"]
+    before = host_state(vcenter)
+    result = ansible_playbook(PLAYBOOK, *args)
+    assert result.returncode == 0, result.stdout[-5000:]
+    case_dir = os.path.join(work, "ev-vc", "case-esxi-vc")
+    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
+    manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
+    assert "vcenter" in manifest["tools"] and "esxi" in manifest["tools"], manifest["tools"]
+    assert sorted(a["format"] for a in manifest["artifacts"].values()) == ["vmdk descriptor", "vmdk extent", "vmem",
+                                                                          "vmsn"]
+    assert host_state(vcenter) == before
