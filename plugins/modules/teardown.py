@@ -164,6 +164,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as _iscsi_target  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import snapshot as _vsphere_snapshot  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import clone as _vsphere_clone  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import storage as _vsphere_storage  # noqa: F401 pylint: disable=unused-import
 
 
 def argument_spec():

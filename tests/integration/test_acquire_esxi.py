@@ -287,6 +287,6 @@ def test_through_a_vcenter(acquisition, vcenter, ansible_playbook):
     subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
     manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
     assert "vcenter" in manifest["tools"] and "esxi" in manifest["tools"], manifest["tools"]
-    assert sorted(a["format"] for a in manifest["artifacts"].values()) == ["vmdk descriptor", "vmdk extent", "vmem",
-                                                                          "vmsn"]
+    formats = sorted(a["format"] for a in manifest["artifacts"].values())
+    assert formats == ["vmdk descriptor", "vmdk extent", "vmem", "vmsn"]
     assert host_state(vcenter) == before

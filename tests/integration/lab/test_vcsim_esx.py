@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, dfir.vmcollect contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Real ESXi behaviour of the lab's vSphere simulator (lab/vcsim, -lab-vms; BEHAVIOUR-vms.md).
+"""Real ESXi behaviour of the lab's vSphere simulator (lab/vcsim, -lab-vms; lab/vcsim/BEHAVIOUR-vms.md).
 
 Starts its own simulator (esx mode, then vpx mode) with its own env file and datastore folder,
 and proves with pyvmomi >= 8 and the files on disk: VMs with real disk content, the guest
