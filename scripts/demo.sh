@@ -5,6 +5,10 @@
 #     filter), kvm1 attaches it and writes the evidence onto it, the LUN is detached and switched read-only,
 #     and the collector re-hashes every artifact from the backing file against the manifest.
 #   TRANSPORT=local: the evidence goes into a folder on kvm1.
+#   HYPERVISOR=esxi: the lab's ESXi host esx1 (a simulator that behaves like ESXi, lab/README.md) instead, through
+#     its vSphere API with playbooks/acquire_esxi.yml: a snapshot with memory of "Win Srv [prod] 01" (VM=... for
+#     another), its frozen disk and .vmem/.vmsn pulled over HTTPS into a folder on this machine, the snapshot
+#     removed again; then Volatility 3 reads the .vmem with its .vmsn.
 # Then it reads the evidence independently (sha256sum -c) and says where it is. The lab stays up
 # (make lab-down removes it).
 set -euo pipefail
@@ -20,6 +24,21 @@ EVIDENCE=$LAB_DIR/evidence
 COLLECTOR_DIR=$LAB_DIR/collector
 METHOD=${METHOD:-background_snapshot}
 export ANSIBLE_CONFIG=$LAB_DIR/ansible.cfg ANSIBLE_COLLECTIONS_PATH=$ROOT/.build/collections
+if [ "${HYPERVISOR:-kvm}" = esxi ]; then
+  "$VENV/bin/ansible-playbook" playbooks/acquire_esxi.yml -e "esxi_acquire_case_id=$CASE" \
+    -e "{\"esxi_acquire_examiner\": \"${EXAMINER:-demo examiner}\"}" \
+    -e "{\"esxi_acquire_vms\": [\"${VM:-Win Srv [prod] 01}\"]}" -e '{"esxi_acquire_algorithms": ["sha256", "md5"]}' \
+    -e "esxi_acquire_evidence_dir=$EVIDENCE" -e "esxi_acquire_journal_dir=$LAB_DIR/work/journal"
+  echo
+  echo "case $CASE on this machine: $EVIDENCE/$CASE (manifest.json, SHA256SUMS)"
+  (cd "$EVIDENCE/$CASE" && find . -type f | sort && sha256sum -c SHA256SUMS)
+  vmem=$(find "$EVIDENCE/$CASE" -name '*.vmem' | head -n 1)
+  if [ -n "$vmem" ]; then
+    echo "Volatility 3 reads the RAM ($vmem with the .vmsn beside it):"
+    "$VENV/bin/vol" -q -f "$vmem" banners.Banners | tail -n 2
+  fi
+  exit 0
+fi
 if [ "$TRANSPORT" = local ]; then
   MODE_ARGS=(-e "kvm_acquire_evidence_dir=$EVIDENCE")
 else
