@@ -194,10 +194,15 @@ def test_independent_disk_is_refused_then_skipped_when_asked(acquisition, esx, a
     refused = ansible_playbook(PLAYBOOK, *(_args("case-esxi-indep", work + "/ev-indep", work + "/j-indep") + base))
     assert refused.returncode != 0 and "independent" in refused.stdout, refused.stdout[-3000:]
     assert host_state(esx) == before
+    # sha512 only asked for: sha256 is computed too, for SHA256SUMS
     skipped = ansible_playbook(PLAYBOOK, *(_args("case-esxi-indep2", work + "/ev-indep", work + "/j-indep") + base
-                                           + ["-e", "esxi_acquire_unfrozen_disks=skip"]))
+                                           + ["-e", "esxi_acquire_unfrozen_disks=skip",
+                                              "-e", json.dumps({"esxi_acquire_algorithms": ["sha512"]})]))
     assert skipped.returncode == 0, skipped.stdout[-5000:]
-    manifest = json.load(open(os.path.join(work, "ev-indep", "case-esxi-indep2", "manifest.json")))
+    case_dir = os.path.join(work, "ev-indep", "case-esxi-indep2")
+    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
+    manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
+    assert all(set(a["digests"]) == {"sha256", "sha512"} for a in manifest["artifacts"].values())
     targets = set(a.get("target") for a in manifest["artifacts"].values())
     assert len(targets) == 1  # the independent disk is not acquired
     assert host_state(esx) == before
