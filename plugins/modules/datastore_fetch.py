@@ -412,7 +412,7 @@ state:
   sample: file
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
@@ -420,7 +420,12 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy impo
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import DEFAULT_BLOCK_SIZE, SUPPORTED_ALGORITHMS
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
-from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import vsphere_argument_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import (
+    HAS_PYVMOMI,
+    PYVMOMI_IMPORT_ERROR,
+    VSPHERE_EXCLUSIVE,
+    vsphere_argument_spec,
+)
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.fetch import (
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRIES,
@@ -456,7 +461,9 @@ def argument_spec():
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("areas", "changed_areas")])
+                           mutually_exclusive=VSPHERE_EXCLUSIVE + [("areas", "changed_areas")])
+    if not HAS_PYVMOMI:
+        module.fail_json(msg=missing_required_lib("pyvmomi"), exception=PYVMOMI_IMPORT_ERROR)
     p = module.params
     try:
         journal = Journal(p["case_id"], p["journal_dir"]) if p["case_id"] and not module.check_mode else None

@@ -214,6 +214,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client imp
     CLIENT_OPTIONS,
     HAS_PYVMOMI,
     PYVMOMI_IMPORT_ERROR,
+    VSPHERE_EXCLUSIVE,
     client_from_params,
     vsphere_argument_spec,
 )
@@ -237,7 +238,7 @@ def main():
             **dict(vsphere_argument_spec(), **journal_spec())
         ),
         supports_check_mode=True,
-        mutually_exclusive=[("ca_file", "thumbprint")],
+        mutually_exclusive=VSPHERE_EXCLUSIVE,
         required_if=[("state", "present", ("target_address", "chap_name", "chap_secret", "size_bytes",
                                            "datastore_name"))],
     )

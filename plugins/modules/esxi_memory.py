@@ -160,6 +160,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running im
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import (
     HAS_PYVMOMI,
     PYVMOMI_IMPORT_ERROR,
+    VSPHERE_EXCLUSIVE,
     vsphere_argument_spec,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.memory import copy_memory
@@ -175,7 +176,7 @@ def main():
         algorithms=dict(type="list", elements="str", choices=list(SUPPORTED_ALGORITHMS), default=["sha256"]),
         **journal_spec(required=False)
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True, mutually_exclusive=[("ca_file", "thumbprint")])
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True, mutually_exclusive=VSPHERE_EXCLUSIVE)
     if not HAS_PYVMOMI:
         module.fail_json(msg=missing_required_lib("pyvmomi"), exception=PYVMOMI_IMPORT_ERROR)
     p = module.params

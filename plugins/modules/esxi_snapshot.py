@@ -223,6 +223,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running im
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import (
     HAS_PYVMOMI,
     PYVMOMI_IMPORT_ERROR,
+    VSPHERE_EXCLUSIVE,
     VSPHERE_VM_RULES,
     client_from_params,
     vsphere_argument_spec,
@@ -243,7 +244,7 @@ def main():
             **dict(vsphere_argument_spec(), **journal_spec())
         ),
         supports_check_mode=True,
-        mutually_exclusive=[("ca_file", "thumbprint")] + VSPHERE_VM_RULES["mutually_exclusive"],
+        mutually_exclusive=VSPHERE_EXCLUSIVE + VSPHERE_VM_RULES["mutually_exclusive"],
         required_one_of=VSPHERE_VM_RULES["required_one_of"],
     )
     if not HAS_PYVMOMI:

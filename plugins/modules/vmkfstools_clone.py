@@ -369,6 +369,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running im
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import (
     HAS_PYVMOMI,
     PYVMOMI_IMPORT_ERROR,
+    VSPHERE_EXCLUSIVE,
     client_from_params,
     vsphere_argument_spec,
 )
@@ -402,7 +403,7 @@ def argument_spec():
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("ca_file", "thumbprint")],
+                           mutually_exclusive=VSPHERE_EXCLUSIVE,
                            required_one_of=[("src", "files")], required_together=[("src", "dest")])
     if not HAS_PYVMOMI:
         module.fail_json(msg=missing_required_lib("pyvmomi"), exception=PYVMOMI_IMPORT_ERROR)

@@ -68,6 +68,8 @@ MAX_OBJECTS = 1000  # objects per RetrievePropertiesEx page
 COOKIE_NAME = "vmware_soap_session"
 _MASK = "********"
 
+# AnsibleModule's mutually_exclusive of vsphere_argument_spec(): one way to trust the certificate
+VSPHERE_EXCLUSIVE = [("ca_file", "thumbprint")]
 # AnsibleModule keyword arguments that go with a VM selector (name / uuid)
 VSPHERE_VM_RULES = {"required_one_of": [("name", "uuid")], "mutually_exclusive": [("name", "uuid")]}
 

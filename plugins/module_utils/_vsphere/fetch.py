@@ -625,14 +625,8 @@ def fetch_file(session, src, dest, datacenter, algorithms=("sha256",), expected=
         normalize_areas(areas)  # refused before anything is asked of the host
     source = HttpsSource(session, url_path, src, retries, backoff)
     try:
-        size, last_modified = source.head()
-        identity_from = "HEAD"
-        if not last_modified and modified_lookup is not None:
-            last_modified = modified_lookup(datastore, relative)
-            identity_from = "datastore browser"
-        wanted = normalize_areas(areas, size) if areas is not None else None
-        source.configure(size, last_modified if identity_from == "HEAD" else None, wanted)
-        area_bytes = sum(length for dummy, length in wanted) if wanted is not None else size
+        size, last_modified, identity_from, wanted, area_bytes = _identify(source, datastore, relative, areas,
+                                                                           modified_lookup)
         identity = ["https", session.where, datacenter, datastore, relative, size, last_modified,
                     areas_fingerprint(wanted)]
         free = free_bytes(folder)
@@ -727,6 +721,20 @@ def _finish(result, source):
     return result
 
 
+def _identify(source, datastore, relative, areas, modified_lookup):
+    """HEAD the source and fix what identifies it: (size, last_modified, where that time came from, the wanted areas
+    normalised against the size or None, the bytes in them). The source is configured with them."""
+    size, last_modified = source.head()
+    identity_from = "HEAD"
+    if not last_modified and modified_lookup is not None:
+        last_modified = modified_lookup(datastore, relative)
+        identity_from = "datastore browser"
+    wanted = normalize_areas(areas, size) if areas is not None else None
+    source.configure(size, last_modified if identity_from == "HEAD" else None, wanted)
+    area_bytes = sum(length for dummy, length in wanted) if wanted is not None else size
+    return size, last_modified, identity_from, wanted, area_bytes
+
+
 def hash_file(session, src, datacenter, algorithms=("sha256",), areas=None, areas_note=None,
               block_size=DEFAULT_BLOCK_SIZE, retries=DEFAULT_RETRIES, datastores=(), modified_lookup=None,
               backoff=BACKOFF):
@@ -747,14 +755,8 @@ def hash_file(session, src, datacenter, algorithms=("sha256",), areas=None, area
     url_path = folder_url_path(datastore, relative, datacenter)
     source = HttpsSource(session, url_path, src, retries, backoff)
     try:
-        size, last_modified = source.head()
-        identity_from = "HEAD"
-        if not last_modified and modified_lookup is not None:
-            last_modified = modified_lookup(datastore, relative)
-            identity_from = "datastore browser"
-        wanted = normalize_areas(areas, size) if areas is not None else None
-        source.configure(size, last_modified if identity_from == "HEAD" else None, wanted)
-        area_bytes = sum(length for dummy, length in wanted) if wanted is not None else size
+        size, last_modified, identity_from, wanted, area_bytes = _identify(source, datastore, relative, areas,
+                                                                           modified_lookup)
         hashers = [hashlib.new(a) for a in algorithms]
         stats = read_extents(source, [HashConsumer(h) for h in hashers], block_size, threaded=True)
         seconds = stats["seconds"]
