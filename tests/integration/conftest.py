@@ -9,8 +9,12 @@ then a missing lab is a failure, not a skip: CI must never pass by skipping the 
 import json
 import os
 import subprocess
+import sys
 
 import pytest
+
+# the helper modules of these tests (not test files) assert too: make their failures as telling as a test's
+pytest.register_assert_rewrite("vcsim_helpers", "storage_bed")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
@@ -62,6 +66,34 @@ def ansible_playbook(lab):
                               timeout=kwargs.get("timeout", 900))
 
     return run
+
+
+def localhost_ansible(cmd, popen=False, timeout=600, **env):
+    """Run an ansible or ansible-playbook command line on localhost (the venv's, the collection of this tree, no
+    colour; env added to the environment): its output (stderr in it), or with popen the Popen, in a session of its
+    own (to kill it with its children)."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_LOCALHOST_WARNING="False", PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), **env)
+    if popen:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, check=False, timeout=timeout).stdout
+
+
+def ansible_module(module, args, check=False, popen=False, timeout=600):
+    """Run one module of the collection on localhost with ansible (ad hoc, the venv's Python, arguments as JSON):
+    (ok, result, output), or the Popen with popen."""
+    cmd = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-m", "dfir.vmcollect." + module,
+           "-a", json.dumps(args), "-e", "ansible_python_interpreter=" + sys.executable]
+    if check:
+        cmd.append("--check")
+    out = localhost_ansible(cmd, popen, timeout, ANSIBLE_INVENTORY_UNPARSED_WARNING="False")
+    if popen:
+        return out
+    start = out.find("=> {")
+    assert start >= 0, out
+    return ("FAILED" not in out[:start].rsplit("\n", 1)[-1]), json.loads(out[start + 3:]), out
 
 
 def journal_records(path):

@@ -27,15 +27,12 @@ import uuid
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
-VCSIM_DIR = os.environ.get("VMCOLLECT_VCSIM_DIR", os.path.join(ROOT, "lab", "vcsim"))
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
+from conftest import COLLECTIONS, VENV_BIN
+from vcsim_helpers import LAB_DIR, ON_LINUX, can_build, private_simulator
+
 MIB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the lab runs on Linux")
+pytestmark = ON_LINUX
 
 
 def _run(cmd, env=None, timeout=300):
@@ -54,22 +51,10 @@ def vcsim(tmp_path_factory):
         with open(given) as fh:
             yield json.load(fh)
         return
-    if not (os.access(os.path.join(LAB_DIR, "bin", "vcsim"), os.X_OK) or (shutil.which("go") and os.path.isdir(GOVMOMI))):
+    if not can_build():
         pytest.skip("needs golang-go + golang-github-vmware-govmomi-dev (or a built vcsim in %s/bin)" % LAB_DIR)
-    envfile = str(tmp_path_factory.mktemp("vcsim") / ("fetch-%d.json" % os.getpid()))
-    ctl = os.path.join(VCSIM_DIR, "vcsim.sh")
-    env = dict(os.environ, LAB_DIR=LAB_DIR)
-    start = _run(["bash", ctl, "start", envfile], env=env, timeout=120)
-    assert start.returncode == 0, start.stdout
-    try:
-        with open(envfile) as fh:
-            yield json.load(fh)
-    finally:
-        stop = _run(["bash", ctl, "stop", envfile], env=env, timeout=60)
-        assert stop.returncode == 0, stop.stdout
-        log = os.path.join(LAB_DIR, "run", "vcsim-fetch-%d.log" % os.getpid())
-        if os.path.exists(log):
-            os.remove(log)
+    with private_simulator(tmp_path_factory.mktemp("vcsim"), "fetch") as env:
+        yield env
 
 
 def _tree(folder):

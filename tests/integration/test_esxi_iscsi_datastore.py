@@ -4,8 +4,8 @@
 storage extension really logs in to a tgt target and makes a VMFS-typed GPT partition (ext4 stand-in) on the LUN
 (lab/vcsim/BEHAVIOUR-storage.md).
 
-A test bed of its own, as tests/integration/lab/test_vcsim_storage.py builds one (its generic helpers are imported
-from it): two network namespaces named after this process ("ESXi host", "collector") joined by a veth storage link,
+A test bed of its own, built with tests/integration/storage_bed.py as tests/integration/lab/test_vcsim_storage.py
+builds one: two network namespaces named after this process ("ESXi host", "collector") joined by a veth storage link,
 a tgtd of its own on a private control port in the collector namespace, set up through the collection's TgtClient
 (the CHAP secret never in an argv), vcsim built and run in $LAB_DIR (default /var/tmp/vmcollect-lab; give another,
 e.g. LAB_DIR=/var/tmp/e-lab, to keep away from a shared lab) inside the ESXi namespace, and a TCP forwarder on
@@ -22,39 +22,29 @@ Takes ~50-100 s once vcsim is built.
 What the lab's simulator does not do is tolerated only where a comment starting with "SIMULATOR:" says so.
 """
 
-import importlib.util
 import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
 
-from conftest import COLLECTIONS, ROOT, VENV_BIN, journal_records
+import storage_bed
+from conftest import VENV_BIN, journal_records, localhost_ansible
+from storage_bed import VMFS_GUID, debugfs_cat, gpt
+from vcsim_helpers import NEEDS_BUILD, build
 
 pyVmomi = pytest.importorskip("pyVmomi")
 from pyVmomi import vim  # noqa: E402 pylint: disable=wrong-import-position
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.tgt import TgtClient  # noqa: E402
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import VsphereClient  # noqa: E402
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import storage as vst  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location(
-    "vcsim_storage_bed", os.path.join(ROOT, "tests", "integration", "lab", "test_vcsim_storage.py"))
-bedlib = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bedlib)
-
-VCSIM = os.path.join(ROOT, "lab", "vcsim")
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
 TAG = "eisd%d" % (os.getpid() % 100000)
 NS_ESX, NS_COLL = TAG + "-esx", TAG + "-coll"
 COLL_STOR, ESX_STOR, ESX_MGMT = "10.213.210.5", "10.213.210.6", "10.213.210.10"
@@ -64,51 +54,16 @@ MIB = 1 << 20
 # lun number -> (size, serial, scsi_id)
 LUNS = {n: (size, "EISD%d%05d" % (n, os.getpid() % 100000), "EISDID%d%05d" % (n, os.getpid() % 100000))
         for n, size in ((1, 64 * MIB), (2, 64 * MIB), (3, 48 * MIB), (4, 32 * MIB))}
-VMFS_GUID = "AA31E02A-400F-11DB-9590-000C2911D1B8"
 MODULE = "esxi_iscsi_datastore"
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, tgtd, losetup, mount)"),
-    pytest.mark.skipif(not (os.access(os.path.join(LAB_DIR, "bin", "vcsim"), os.X_OK)
-                            or (shutil.which("go") and os.path.isdir(GOVMOMI))),
-                       reason="needs golang-go + golang-github-vmware-govmomi-dev to build the simulator"),
-    pytest.mark.skipif(any(shutil.which(t) is None for t in bedlib.TOOLS),
-                       reason="needs %s (tgt, libiscsi-bin, qemu-utils, e2fsprogs, util-linux, iproute2)"
-                              % ", ".join(bedlib.TOOLS)),
-]
+pytestmark = [storage_bed.NEEDS_ROOT, NEEDS_BUILD, storage_bed.NEEDS_TOOLS]
 
 
-def _run(*argv, **kw):
-    kw.setdefault("timeout", 120)
-    return subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-                          check=kw.pop("check", True), env=dict(os.environ, LAB_DIR=LAB_DIR, **kw.pop("env", {})), **kw)
-
-
-class Endpoint(object):
-    """One simulator (its env file) and the forwarder the modules reach it through."""
+class Endpoint(storage_bed.Simulator):
+    """One simulator (its env file) in the ESXi namespace and the forwarder the modules reach it through."""
 
     def __init__(self, envfile, port, args=""):
-        self.envfile = envfile
-        self.name = os.path.basename(envfile)[:-5]
-        self.log = os.path.join(LAB_DIR, "run", self.name + ".log")
-        self.dsdir = os.path.join(LAB_DIR, "vcsim-ds", self.name)
-        self.state_dir = os.path.join(self.dsdir, ".labstore")
-        self.port = port
-        self.args = args
-        self.env = self.fwd = None
-
-    def start(self):
-        r = _run("bash", os.path.join(VCSIM, "vcsim.sh"), "start", self.envfile, timeout=300, check=False,
-                 env={"VCSIM_NETNS": NS_ESX, "VCSIM_LISTEN": "%s:%d" % (ESX_MGMT, self.port), "VCSIM_ARGS": self.args})
-        assert r.returncode == 0, r.stdout
-        with open(self.envfile) as f:
-            self.env = json.load(f)
-        self.fwd = bedlib.Forwarder(NS_ESX, (ESX_MGMT, self.port))
-
-    def stop(self):
-        if self.fwd is not None:
-            self.fwd.close()
-        return _run("bash", os.path.join(VCSIM, "vcsim.sh"), "stop", self.envfile, timeout=180, check=False)
+        super(Endpoint, self).__init__(envfile, NS_ESX, (ESX_MGMT, port), args)
 
     def conn(self):
         return {"hostname": "127.0.0.1", "port": self.fwd.port, "username": self.env["username"],
@@ -143,112 +98,21 @@ class Endpoint(object):
         adapter = (hba["device"], hba["iqn"]) if hba else None
         return state, adapter
 
-    def log_text(self):
-        with open(self.log) as f:
-            return f.read()
 
+class Bed(storage_bed.StorageBed):
+    """The storage bed with tgtd's four LUNs and the simulated ESXi host (an Endpoint); the state readers the tests
+    compare."""
 
-class Bed(object):
-    """Namespaces, tgtd with four LUNs, the simulated ESXi host (an Endpoint); the state readers the tests compare."""
+    ns_esx, ns_coll, coll_stor, esx_stor, esx_mgmt = NS_ESX, NS_COLL, COLL_STOR, ESX_STOR, ESX_MGMT
+    target_iqn, chap_user, port_base = TARGET_IQN, CHAP_USER, 23000
 
     def __init__(self, tmp):
-        self.tmp = tmp
-        self.secret = secrets.token_hex(8)
+        super(Bed, self).__init__(tmp)
         self.esx = Endpoint(os.path.join(tmp, "vcsim-%s.json" % TAG), 443)
         self.backing = dict((n, os.path.join(tmp, "lun%d.img" % n)) for n in LUNS)
-        self.run_netns_existed = os.path.isdir("/run/netns")
-        self.run_tgtd_existed = os.path.isdir("/run/tgtd")
-        self.port = next(p for p in range(23000 + os.getpid() % 500, 24000)
-                         if not os.path.exists("/run/tgtd/socket.%d" % p))
-        self.tgt = TgtClient(self.port)
-        self.argv_hits = []
-        self._watch = True
-        threading.Thread(target=self._watch_argv, daemon=True).start()
-
-    def _watch_argv(self):
-        """The CHAP secret must never be in any process's argv."""
-        while self._watch:
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as f:
-                        cmd = f.read().decode(errors="replace")
-                except OSError:
-                    continue
-                if self.secret in cmd:
-                    self.argv_hits.append(cmd.replace("\0", " ")[:200])
-            time.sleep(0.05)
-
-    def up(self):
-        for ns in (NS_ESX, NS_COLL):
-            _run("ip", "netns", "add", ns)
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", NS_COLL, "link", "add", "name", "stor1", "type", "veth", "peer", "name", "stor0", "netns", NS_ESX)
-        _run("ip", "-n", NS_COLL, "addr", "add", COLL_STOR + "/30", "dev", "stor1")
-        _run("ip", "-n", NS_ESX, "addr", "add", ESX_STOR + "/30", "dev", "stor0")
-        _run("ip", "-n", NS_ESX, "addr", "add", ESX_MGMT + "/32", "dev", "lo")
-        _run("ip", "-n", NS_COLL, "link", "set", "stor1", "up")
-        _run("ip", "-n", NS_ESX, "link", "set", "stor0", "up")
-        _run("ip", "netns", "exec", NS_COLL, "tgtd", "-C", str(self.port), "--iscsi", "portal=%s:3260" % COLL_STOR)
-        for _i in range(100):
-            if self.tgt.running():
-                break
-            time.sleep(0.05)
-        self.tgt.new_target(1, TARGET_IQN)
-        for n, (size, serial, scsi_id) in sorted(LUNS.items()):
-            with open(self.backing[n], "wb") as f:
-                f.truncate(size)
-            self.tgt.new_lun(1, n, self.backing[n])
-            self.tgt.update_lun(1, n, scsi_sn=serial, scsi_id=scsi_id)
-        self.tgt.new_account(CHAP_USER, self.secret)
-        self.tgt.bind_account(1, CHAP_USER)
-        self.esx.start()
-
-    def down(self):
-        self._watch = False
-        stop = self.esx.stop()
-        try:
-            for t in self.tgt.targets():
-                self.tgt.delete_target(t["tid"], force=True)
-            self.tgt.stop()
-        except Exception:  # pylint: disable=broad-except
-            pass
-        for _i in range(50):
-            if not self.tgt.running():
-                break
-            time.sleep(0.1)
-        for suffix in ("", ".lock"):
-            try:
-                os.unlink("/run/tgtd/socket.%d%s" % (self.port, suffix))
-            except OSError:
-                pass
-        for ns in (NS_ESX, NS_COLL):
-            if os.path.exists("/run/netns/" + ns):
-                pids = subprocess.run(["ip", "netns", "pids", ns], stdout=subprocess.PIPE, universal_newlines=True,
-                                      check=False).stdout
-                for pid in pids.split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
-                subprocess.run(["ip", "netns", "del", ns], check=False)
-        if not self.run_tgtd_existed:
-            try:
-                os.rmdir("/run/tgtd")
-            except OSError:
-                pass
-        if not self.run_netns_existed and os.path.isdir("/run/netns") and not os.listdir("/run/netns"):
-            subprocess.run(["umount", "/run/netns"], check=False, stderr=subprocess.DEVNULL)
-            try:
-                os.rmdir("/run/netns")
-            except OSError:
-                pass
-        return stop
+        self.luns = dict((n, (self.backing[n],) + LUNS[n]) for n in LUNS)
 
     # -- the simulated ESXi host -----------------------------------------------------------------------------
-    @property
-    def env(self):
-        return self.esx.env
-
     def conn(self):
         return self.esx.conn()
 
@@ -257,9 +121,6 @@ class Bed(object):
 
     def state(self):
         return self.esx.state()
-
-    def log_text(self):
-        return self.esx.log_text()
 
     def disk(self, lun):
         """The host's disk of a LUN of ours, by serial, or None."""
@@ -297,15 +158,10 @@ def play(bed, module, args, check=False, popen=False, tmp=None):
            "-e", "ansible_python_interpreter=" + sys.executable]
     if check:
         cmd.append("--check")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_LOCALHOST_WARNING="False",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
     if popen:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return localhost_ansible(cmd, popen=True, ANSIBLE_STDOUT_CALLBACK="minimal")
     try:
-        out = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             universal_newlines=True, check=False, timeout=600).stdout
+        out = localhost_ansible(cmd, ANSIBLE_STDOUT_CALLBACK="minimal")
     finally:
         os.remove(path)
     start = out.find("=> {")
@@ -316,22 +172,12 @@ def play(bed, module, args, check=False, popen=False, tmp=None):
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
-    build = _run("bash", os.path.join(VCSIM, "build.sh"), timeout=600, check=False)
-    assert build.returncode == 0, build.stdout
+    build()
     b = Bed(str(tmp_path_factory.mktemp("esxi-iscsi")))
-    try:
-        b.up()
+    with b.running():
         yield b
-    finally:
-        stop = b.down()
-    assert stop.returncode == 0, stop.stdout
-    assert b.argv_hits == [], "the CHAP secret was in a process's argv: %s" % b.argv_hits[:3]
-    assert bedlib._attached(b.esx.state_dir) == []  # pylint: disable=protected-access
-    assert not os.path.exists(b.esx.dsdir)
-    for ns in (NS_ESX, NS_COLL):
-        assert not os.path.exists("/run/netns/" + ns)
-    if os.path.exists(b.esx.log):
-        os.remove(b.esx.log)
+    assert b.stopped.returncode == 0, b.stopped.stdout
+    b.check_gone()
 
 
 @pytest.fixture
@@ -492,8 +338,8 @@ def test_present_attaches_writes_land_on_the_lun_rerun_is_idempotent_teardown_re
     assert lun["canonical_name"] in gone and len(gone) == len(LUNS)  # the target's three LUNs
     assert bed.state() == (before, adapter)
     # the evidence stays on the LUN: the VMFS-typed partition and the files, read from tgt's backing file
-    assert bedlib._gpt(bed.backing[1]) == [(2048, LUNS[1][0] // 512 - 34 - 2048 + 1, VMFS_GUID)]  # pylint: disable=protected-access
-    assert bedlib._debugfs_cat(bed.backing[1], 2048 * 512, "/case-d/vm1.vmdk") == payload  # pylint: disable=protected-access
+    assert gpt(bed.backing[1]) == [(2048, LUNS[1][0] // 512 - 34 - 2048 + 1, VMFS_GUID)]
+    assert debugfs_cat(bed.backing[1], 2048 * 512, "/case-d/vm1.vmdk") == payload
     print("present %.1f s, teardown %.1f s" % (took, time.monotonic() - t1))
 
 
@@ -533,8 +379,8 @@ def test_a_module_killed_while_the_datastore_is_made_is_undone_by_teardown(bed, 
     results = dict((u["action"], u["result"]) for u in td["undone"])
     assert results["vsphere.vmfs_datastore"].startswith("unmounted the VMFS datastore %r" % name)
     assert bed.state() == (before, adapter)
-    assert bedlib._gpt(bed.backing[2])[0][2] == VMFS_GUID  # pylint: disable=protected-access
-    assert bedlib._debugfs_cat(bed.backing[2], 2048 * 512, "/after-the-kill.txt") == b"still evidence\n"  # pylint: disable=protected-access
+    assert gpt(bed.backing[2])[0][2] == VMFS_GUID
+    assert debugfs_cat(bed.backing[2], 2048 * 512, "/after-the-kill.txt") == b"still evidence\n"
 
 
 def test_state_absent_undoes_the_case_now_and_teardown_finds_nothing_left(bed, journal_dir):
@@ -559,7 +405,7 @@ def test_state_absent_undoes_the_case_now_and_teardown_finds_nothing_left(bed, j
     ok, td, out = teardown(bed, journal_dir, "case-f")
     assert ok and td["removed"] and td["undone"] == [], out
     assert bed.state() == (before, adapter)
-    assert bedlib._gpt(bed.backing[3])[0][2] == VMFS_GUID  # pylint: disable=protected-access
+    assert gpt(bed.backing[3])[0][2] == VMFS_GUID
 
 
 # -- through a vCenter --------------------------------------------------------------------------------------------
@@ -575,9 +421,7 @@ def vcenter(bed):
     finally:
         stop = ep.stop()
     assert stop.returncode == 0, stop.stdout
-    assert bedlib._attached(ep.state_dir) == [] and not os.path.exists(ep.dsdir)  # pylint: disable=protected-access
-    if os.path.exists(ep.log):
-        os.remove(ep.log)
+    ep.check_gone()
 
 
 def test_through_a_vcenter_only_the_named_host_is_changed_and_restored(bed, vcenter, journal_dir):
@@ -611,5 +455,5 @@ def test_through_a_vcenter_only_the_named_host_is_changed_and_restored(bed, vcen
     assert ok and td["removed"], out
     for n in names:
         assert vcenter.state(n) == before[n] if n != target else vcenter.state(n)[0] == before[n][0], n
-    assert bedlib._gpt(bed.backing[4])[0][2] == VMFS_GUID  # pylint: disable=protected-access
+    assert gpt(bed.backing[4])[0][2] == VMFS_GUID
     print("vCenter: %.1f s" % (time.monotonic() - t0))

@@ -29,16 +29,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import COLLECTIONS, ROOT, VENV_BIN, journal_records
+from conftest import ansible_module, journal_records
+from vcsim_helpers import ON_LINUX, TO_BUILD, VCSIM_DIR, can_build, conn, private_simulator, run
 
-VCSIM_DIR = os.environ.get("VMCOLLECT_VCSIM_DIR", os.path.join(ROOT, "lab", "vcsim"))
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
 MIB = 1024 * 1024
 CBT_VM = "Win Srv [prod] 01"
 OFF_VM = "lab-off-02"
@@ -46,21 +43,11 @@ EVIDENCE = "LocalDS_1"
 BIG_MIB = 1536  # the disk a kill -9 interrupts while the host copies it (about 1.5 s in the simulator)
 
 pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="the lab runs on Linux"),
-    pytest.mark.skipif(not os.environ.get("VMCOLLECT_VCSIM_ENV")
-                       and not (os.access(os.path.join(LAB_DIR, "bin", "vcsim"), os.X_OK)
-                                or (shutil.which("go") and os.path.isdir(GOVMOMI))),
-                       reason="needs golang-go + golang-github-vmware-govmomi-dev to build the simulator"),
+    ON_LINUX,
+    pytest.mark.skipif(not os.environ.get("VMCOLLECT_VCSIM_ENV") and not can_build(), reason=TO_BUILD),
 ]
 
 pytest.importorskip("pyVmomi")
-
-
-def _sh(*args, **kw):
-    env = dict(os.environ, LAB_DIR=LAB_DIR)
-    env.update(kw.pop("env", {}))
-    return subprocess.run(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, check=False, timeout=kw.get("timeout", 600))
 
 
 @pytest.fixture(scope="module")
@@ -73,47 +60,17 @@ def sim(tmp_path_factory):
         assert env.get("lab", {}).get("content", {}).get("enabled"), "%s runs without -lab-vms" % given
         yield env
         return
-    ram = _sh("bash", os.path.join(VCSIM_DIR, "ram_image.sh"))
+    ram = run("bash", os.path.join(VCSIM_DIR, "ram_image.sh"), stderr=subprocess.PIPE, timeout=600)
     assert ram.returncode == 0, ram.stdout + ram.stderr
     image = ram.stdout.strip().splitlines()[-1]
-    envfile = str(tmp_path_factory.mktemp("vcsim") / ("vcsim-clone-%d.json" % os.getpid()))
-    ctl = os.path.join(VCSIM_DIR, "vcsim.sh")
-    start = _sh("bash", ctl, "start", envfile, env={"VCSIM_ARGS": "-lab-vms -ram-image %s -ds 2" % image},
-                timeout=300)
-    assert start.returncode == 0, start.stdout + start.stderr
-    try:
-        with open(envfile) as f:
-            yield json.load(f)
-    finally:
-        stop = _sh("bash", ctl, "stop", envfile, timeout=120)
-        log = os.path.join(LAB_DIR, "run", "vcsim-clone-%d.log" % os.getpid())
-        if os.path.exists(log):
-            os.remove(log)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-
-
-def conn(env):
-    return {"hostname": env["host"], "port": env["port"], "username": env["username"], "password": env["password"],
-            "thumbprint": env["thumbprint_sha256"]}
+    with private_simulator(tmp_path_factory.mktemp("vcsim"), "vcsim-clone",
+                           args="-lab-vms -ram-image %s -ds 2" % image, timeout=300, stop_timeout=120) as env:
+        yield env
 
 
 def ansible(module, args, check=False, popen=False):
-    """Run one module on localhost through ansible (the venv's Python, the collection of this tree)."""
-    cmd = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-m", "dfir.vmcollect." + module,
-           "-a", json.dumps(args), "-e", "ansible_python_interpreter=" + sys.executable]
-    if check:
-        cmd.append("--check")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    if popen:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    out = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         universal_newlines=True, check=False, timeout=900).stdout
-    start = out.find("=> {")
-    assert start >= 0, out
-    return ("FAILED" not in out[:start].rsplit("\n", 1)[-1]), json.loads(out[start + 3:]), out
+    """ansible_module with the time a copy of the big disk may take."""
+    return ansible_module(module, args, check=check, popen=popen, timeout=900)
 
 
 def local(env, datastore, relative=""):

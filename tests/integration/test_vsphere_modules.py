@@ -20,27 +20,18 @@ What govmomi's vcsim 0.24.2 does not do is tolerated only where a comment starti
 
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import COLLECTIONS, ROOT, VENV_BIN, journal_records
+from conftest import ansible_module as ansible, journal_records
+from vcsim_helpers import NEEDS_BUILD, conn, connect, private_simulator
 
-VCSIM_DIR = os.environ.get("VMCOLLECT_VCSIM_DIR", os.path.join(ROOT, "lab", "vcsim"))
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
 ODD_NAME = "Windows XP [prod] 100% o'clock"
 
-pytestmark = [
-    pytest.mark.skipif(not (os.access(os.path.join(LAB_DIR, "bin", "vcsim"), os.X_OK)
-                            or (shutil.which("go") and os.path.isdir(GOVMOMI))),
-                       reason="needs golang-go + golang-github-vmware-govmomi-dev to build the simulator"),
-]
+pytestmark = [NEEDS_BUILD]
 
 pyVmomi = pytest.importorskip("pyVmomi")
 from pyVmomi import vim  # noqa: E402 pylint: disable=wrong-import-position
@@ -48,26 +39,14 @@ from pyVmomi import vim  # noqa: E402 pylint: disable=wrong-import-position
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal  # noqa: E402
 # registers the vsphere.snapshot undo handler, as teardown's import does
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import snapshot as vs  # noqa: E402
-from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import VsphereClient  # noqa: E402
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.vm import flatten_snapshots  # noqa: E402
-
-
-def _sh(*args, **kw):
-    return subprocess.run(list(args), env=dict(os.environ, LAB_DIR=LAB_DIR), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True, check=False, timeout=kw.get("timeout", 300))
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     """The running simulator's env (url, port, credentials, certificate, VMs), with VM1 renamed to ODD_NAME and a
     snapshot 'before the incident' on VM0."""
-    envfile = str(tmp_path_factory.mktemp("vcsim") / ("vcsim-vsphere-modules-%d.json" % os.getpid()))
-    ctl = os.path.join(VCSIM_DIR, "vcsim.sh")
-    start = _sh("bash", ctl, "start", envfile, timeout=120)
-    assert start.returncode == 0, start.stdout
-    try:
-        with open(envfile) as f:
-            env = json.load(f)
+    with private_simulator(tmp_path_factory.mktemp("vcsim"), "vcsim-vsphere-modules") as env:
         with connect(env) as client:
             vm1 = client.find_vm(name=env["vms"][1]["name"])
             client.wait_for_task(vm1.Rename_Task(newName=ODD_NAME), "rename")
@@ -75,43 +54,6 @@ def sim(tmp_path_factory):
             client.wait_for_task(vm0.CreateSnapshot_Task(name="before the incident", description="", memory=False,
                                                          quiesce=False), "snapshot")
         yield env
-    finally:
-        stop = _sh("bash", ctl, "stop", envfile, timeout=60)
-        log = os.path.join(LAB_DIR, "run", "vcsim-vsphere-modules-%d.log" % os.getpid())
-        if os.path.exists(log):
-            os.remove(log)
-    assert stop.returncode == 0, stop.stdout
-
-
-def connect(env, **kw):
-    return VsphereClient(env["host"], env["username"], env["password"], port=env["port"],
-                         thumbprint=kw.pop("thumbprint", env["thumbprint_sha256"]), **kw)
-
-
-def conn(env, **extra):
-    args = {"hostname": env["host"], "port": env["port"], "username": env["username"], "password": env["password"],
-            "thumbprint": env["thumbprint_sha256"]}
-    args.update(extra)
-    return dict((k, v) for k, v in args.items() if v is not None)
-
-
-def ansible(module, args, check=False, popen=False):
-    """Run one module on localhost through ansible (the venv's Python, the built collection): (rc, result, output)."""
-    cmd = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-m", "dfir.vmcollect." + module,
-           "-a", json.dumps(args), "-e", "ansible_python_interpreter=" + sys.executable]
-    if check:
-        cmd.append("--check")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    if popen:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    out = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         universal_newlines=True, check=False, timeout=600).stdout
-    start = out.find("=> {")
-    assert start >= 0, out
-    return ("FAILED" not in out[:start].rsplit("\n", 1)[-1]), json.loads(out[start + 3:]), out
 
 
 def tree_state(env, name):

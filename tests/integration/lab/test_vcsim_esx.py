@@ -31,36 +31,18 @@ import urllib.parse
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VCSIM = os.path.join(ROOT, "lab", "vcsim")
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-BIN = os.path.join(LAB_DIR, "bin", "vcsim")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
+from vcsim_helpers import BIN, LAB_DIR, NEEDS_SIMULATOR, ON_LINUX, VCSIM, run as _run
+
 RAM = os.path.join(LAB_DIR, "vcsim-ram", "ram-256m.raw")
 VOL = os.path.join(os.path.dirname(sys.executable), "vol")
 CBT_VM, OFF_VM, INDEP_VM, SNAP_VM = "Win Srv [prod] 01", "lab-off-02", "lab indep 03", "lab-snap-04"
 SEEK_DATA, SEEK_HOLE = 3, 4
 
-
-def _can_build():
-    return os.access(BIN, os.X_OK) or (shutil.which("go") and os.path.isdir(GOVMOMI))
-
-
-pytestmark = [
-    pytest.mark.skipif(not _can_build(),
-                       reason="needs golang-go + golang-github-vmware-govmomi-dev (or a built %s)" % BIN),
-    pytest.mark.skipif(sys.platform != "linux", reason="the lab runs on Linux"),
-]
+pytestmark = [NEEDS_SIMULATOR, ON_LINUX]
 
 pyVmomi = pytest.importorskip("pyVmomi")
 from pyVim.connect import Disconnect, SmartConnect  # noqa: E402
 from pyVmomi import vim, vmodl  # noqa: E402
-
-
-def _run(*args, **kw):
-    env = dict(os.environ, LAB_DIR=LAB_DIR)
-    return subprocess.run(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
-                          universal_newlines=True, timeout=kw.pop("timeout", 300), **kw)
 
 
 @pytest.fixture(scope="module")

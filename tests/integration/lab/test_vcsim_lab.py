@@ -13,35 +13,13 @@ __metaclass__ = type
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VCSIM = os.path.join(ROOT, "lab", "vcsim")
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-BIN = os.path.join(LAB_DIR, "bin", "vcsim")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
+from vcsim_helpers import LAB_DIR, NEEDS_SIMULATOR, ON_LINUX, VCSIM, run as _run
 
-
-def _can_build():
-    return os.access(BIN, os.X_OK) or (shutil.which("go") and os.path.isdir(GOVMOMI))
-
-
-pytestmark = [
-    pytest.mark.skipif(not _can_build(),
-                       reason="needs golang-go + golang-github-vmware-govmomi-dev (or a built %s)" % BIN),
-    pytest.mark.skipif(sys.platform != "linux", reason="the lab runs on Linux"),
-]
-
-
-def _run(*args, **kw):
-    env = dict(os.environ, LAB_DIR=LAB_DIR)
-    env.update(kw.pop("env", {}))
-    return subprocess.run(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
-                          universal_newlines=True, timeout=kw.pop("timeout", 300), **kw)
+pytestmark = [NEEDS_SIMULATOR, ON_LINUX]
 
 
 def _alive(pid):

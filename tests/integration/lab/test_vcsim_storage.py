@@ -11,36 +11,28 @@ namespace on 10.213.200.10:443 (VCSIM_NETNS / VCSIM_LISTEN). The root namespace 
 address (a lab/up.sh running meanwhile refuses those): pyVmomi reaches vcsim through a TCP
 forwarder on 127.0.0.1 whose upstream sockets are opened inside the ESXi namespace (setns in a
 short-lived thread). Skipped without root, Go + govmomi (or a built binary), tgt, libiscsi-bin,
-qemu-storage-daemon or pyVmomi. Takes ~15-25 s once vcsim is built.
+qemu-storage-daemon or pyVmomi. Takes ~15-25 s once vcsim is built. The bed's generic parts (namespaces, link,
+tgtd, forwarder, teardown and the readers of the LUN) are tests/integration/storage_bed.py, shared with
+tests/integration/test_esxi_iscsi_datastore.py.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ctypes
 import http.client
-import json
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import ssl
-import subprocess
-import threading
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VCSIM = os.path.join(ROOT, "lab", "vcsim")
-LAB_DIR = os.environ.get("LAB_DIR", "/var/tmp/vmcollect-lab")
-BIN = os.path.join(LAB_DIR, "bin", "vcsim")
-GOVMOMI = "/usr/share/gocode/src/github.com/vmware/govmomi/simulator"
-TOOLS = ("ip", "nsenter", "tgtd", "iscsi-ls", "iscsi-inq", "iscsi-readcapacity16", "qemu-storage-daemon", "losetup",
-         "sfdisk", "mkfs.ext4", "debugfs")
+import storage_bed
+from storage_bed import VMFS_GUID, attached, debugfs_cat, gpt
+from vcsim_helpers import NEEDS_SIMULATOR, build
 
 TAG = "vcst%d" % (os.getpid() % 100000)
 NS_ESX, NS_COLL = TAG + "-esx", TAG + "-coll"
@@ -50,210 +42,31 @@ CHAP_USER = "vcsim-lab"
 LUN_BYTES = 64 << 20
 SERIAL = "VCST%05d" % (os.getpid() % 100000)
 SCSI_ID = "VCSTID%05d" % (os.getpid() % 100000)
-VMFS_GUID = "AA31E02A-400F-11DB-9590-000C2911D1B8"
+
+pytestmark = [storage_bed.NEEDS_ROOT, NEEDS_SIMULATOR, storage_bed.NEEDS_TOOLS]
 
 
-def _can_build():
-    return os.access(BIN, os.X_OK) or (shutil.which("go") and os.path.isdir(GOVMOMI))
+class Bed(storage_bed.StorageBed):
+    """The storage bed with one LUN, vcsim and a pyVmomi session."""
 
-
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, tgtd, losetup, mount)"),
-    pytest.mark.skipif(not _can_build(), reason="needs golang-go + golang-github-vmware-govmomi-dev (or a built %s)" % BIN),
-    pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
-                       reason="needs %s (tgt, libiscsi-bin, qemu-utils, e2fsprogs, util-linux, iproute2)" % ", ".join(TOOLS)),
-]
-
-
-def _run(*argv, **kw):
-    kw.setdefault("timeout", 120)
-    return subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-                          check=kw.pop("check", True), env=dict(os.environ, LAB_DIR=LAB_DIR, **kw.pop("env", {})), **kw)
-
-
-# -- a TCP forwarder into the ESXi namespace -----------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def _connect_in_netns(ns, addr):
-    """A TCP connection made from inside network namespace ns (only the short-lived thread enters it)."""
-    box = {}
-
-    def work():
-        fd = os.open("/run/netns/" + ns, os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns " + ns)
-            box["sock"] = socket.create_connection(addr, timeout=30)
-        except Exception as exc:  # pylint: disable=broad-except
-            box["error"] = exc
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["sock"]
-
-
-class Forwarder(object):
-    def __init__(self, ns, addr):
-        self.ns, self.addr = ns, addr
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                down = self.lsock.accept()[0]
-            except OSError:
-                return
-            try:
-                up = _connect_in_netns(self.ns, self.addr)
-            except OSError:
-                down.close()
-                continue
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.closed = True
-        self.lsock.close()
-
-
-# -- the test bed ---------------------------------------------------------------------------------
-
-def _gpt(image):
-    """[(start, size, type GUID)] of the partitions in the GPT of a disk image."""
-    dump = _run("sfdisk", "--dump", image, check=False).stdout
-    return [(int(m.group(1)), int(m.group(2)), m.group(3))
-            for m in re.finditer(r"start=\s*(\d+), size=\s*(\d+), type=([0-9A-F-]+)", dump)]
-
-
-def _debugfs_cat(image, offset, path):
-    """A file of the ext4 at offset in a disk image, read with debugfs (read-only)."""
-    return subprocess.run(["debugfs", "-R", "cat " + path, "%s?offset=%d" % (image, offset)], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, check=True).stdout
-
-
-def _attached(state_dir):
-    """What is still attached from a vcsim state folder: mounts, loop devices, qemu-storage-daemon."""
-    root = os.path.dirname(state_dir)
-    left = []
-    with open("/proc/self/mountinfo") as f:
-        left += ["mount " + line.split()[4] for line in f if line.split()[4].startswith(root + "/")]
-    for name in os.listdir("/sys/block"):
-        try:
-            with open("/sys/block/%s/loop/backing_file" % name) as f:
-                if f.read().startswith(state_dir):
-                    left.append("loop " + name)
-        except OSError:
-            pass
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open("/proc/%s/stat" % pid) as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            continue
-        if not zombie and "qemu-storage-daemon" in cmd and state_dir in cmd:
-            left.append("qemu-storage-daemon " + pid)
-    return left
-
-
-class Bed(object):
-    """Namespaces, tgtd, the LUN's backing file, vcsim and a pyVmomi session."""
+    ns_esx, ns_coll, coll_stor, esx_stor, esx_mgmt = NS_ESX, NS_COLL, COLL_STOR, ESX_STOR, ESX_MGMT
+    target_iqn, chap_user, port_base = TARGET_IQN, CHAP_USER, 21000
 
     def __init__(self, tmp):
-        from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.tgt import TgtClient
-        self.tmp = tmp
-        self.secret = secrets.token_hex(8)  # 16 characters
+        super(Bed, self).__init__(tmp)
         self.backing = os.path.join(tmp, "lun.img")
-        self.envfile = os.path.join(tmp, TAG + ".json")
-        self.name = "vcsim-" + TAG
-        self.log = os.path.join(LAB_DIR, "run", self.name + ".log")
-        self.dsdir = os.path.join(LAB_DIR, "vcsim-ds", self.name)
-        self.state_dir = os.path.join(self.dsdir, ".labstore")
-        self.run_netns_existed = os.path.isdir("/run/netns")
-        self.run_tgtd_existed = os.path.isdir("/run/tgtd")
-        self.port = next(p for p in range(21000 + os.getpid() % 500, 22000)
-                         if not os.path.exists("/run/tgtd/socket.%d" % p))
-        self.tgt = TgtClient(self.port)
-        self.si = self.fwd = None
+        self.luns = {1: (self.backing, LUN_BYTES, SERIAL, SCSI_ID)}
+        self.esx = storage_bed.Simulator(os.path.join(tmp, TAG + ".json"), NS_ESX, (ESX_MGMT, 443))
+        self.log, self.dsdir, self.state_dir = self.esx.log, self.esx.dsdir, self.esx.state_dir
+        self.si = None
         self.bound = []
-        self.argv_hits = []
-        self._watch = True
-        threading.Thread(target=self._watch_argv, daemon=True).start()
 
-    def _watch_argv(self):
-        """The CHAP secret must never be in any process's argv."""
-        while self._watch:
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as f:
-                        cmd = f.read().decode(errors="replace")
-                except OSError:
-                    continue
-                if self.secret in cmd:
-                    self.argv_hits.append(cmd.replace("\0", " ")[:200])
-            time.sleep(0.05)
-
-    def up(self):
-        for ns in (NS_ESX, NS_COLL):
-            _run("ip", "netns", "add", ns)
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", NS_COLL, "link", "add", "name", "stor1", "type", "veth", "peer", "name", "stor0", "netns", NS_ESX)
-        _run("ip", "-n", NS_COLL, "addr", "add", COLL_STOR + "/30", "dev", "stor1")
-        _run("ip", "-n", NS_ESX, "addr", "add", ESX_STOR + "/30", "dev", "stor0")
-        _run("ip", "-n", NS_ESX, "addr", "add", ESX_MGMT + "/32", "dev", "lo")
-        _run("ip", "-n", NS_COLL, "link", "set", "stor1", "up")
-        _run("ip", "-n", NS_ESX, "link", "set", "stor0", "up")
-        with open(self.backing, "wb") as f:
-            f.truncate(LUN_BYTES)
-        _run("ip", "netns", "exec", NS_COLL, "tgtd", "-C", str(self.port), "--iscsi", "portal=%s:3260" % COLL_STOR)
-        for _i in range(100):
-            if self.tgt.running():
-                break
-            time.sleep(0.05)
-        self.tgt.new_target(1, TARGET_IQN)
-        self.tgt.new_lun(1, 1, self.backing)
-        self.tgt.update_lun(1, 1, scsi_sn=SERIAL, scsi_id=SCSI_ID)
-        self.tgt.new_account(CHAP_USER, self.secret)
-        self.tgt.bind_account(1, CHAP_USER)
-        self.start_vcsim()
+    @property
+    def fwd(self):
+        return self.esx.fwd
 
     def start_vcsim(self):
-        r = _run("bash", os.path.join(VCSIM, "vcsim.sh"), "start", self.envfile,
-                 env={"VCSIM_NETNS": NS_ESX, "VCSIM_LISTEN": ESX_MGMT + ":443"}, timeout=300, check=False)
-        assert r.returncode == 0, r.stdout
-        with open(self.envfile) as f:
-            self.env = json.load(f)
+        self.esx.start()
         self.iqn = self.env["lab"]["storage"]["hosts"][0]["iscsi_name"]  # random per start, as ESXi's
         if self.iqn not in self.bound:
             self.tgt.bind_initiator_name(1, self.iqn)
@@ -263,7 +76,6 @@ class Bed(object):
     def connect(self):
         from pyVim.connect import SmartConnect
         from pyVmomi import vim
-        self.fwd = Forwarder(NS_ESX, (ESX_MGMT, 443))
         self.ctx = ssl.create_default_context(cadata=self.env["cert_pem"])  # pinned; covers 127.0.0.1 too
         self.si = SmartConnect(host="127.0.0.1", port=self.fwd.port, user=self.env["username"],
                                pwd=self.env["password"], sslContext=self.ctx)
@@ -276,7 +88,7 @@ class Bed(object):
 
     def stop_vcsim(self):
         self.disconnect()
-        return _run("bash", os.path.join(VCSIM, "vcsim.sh"), "stop", self.envfile, timeout=180, check=False)
+        return self.esx.stop()
 
     def disconnect(self):
         if self.si is not None:
@@ -286,49 +98,6 @@ class Bed(object):
             except Exception:  # pylint: disable=broad-except
                 pass
             self.si = None
-        if self.fwd is not None:
-            self.fwd.close()
-            self.fwd = None
-
-    def down(self):
-        self._watch = False
-        self.stop_vcsim()
-        try:
-            for t in self.tgt.targets():
-                self.tgt.delete_target(t["tid"], force=True)
-            self.tgt.stop()
-        except Exception:  # pylint: disable=broad-except
-            pass
-        for _i in range(50):
-            if not self.tgt.running():
-                break
-            time.sleep(0.1)
-        for suffix in ("", ".lock"):
-            try:
-                os.unlink("/run/tgtd/socket.%d%s" % (self.port, suffix))
-            except OSError:
-                pass
-        for ns in (NS_ESX, NS_COLL):
-            if os.path.exists("/run/netns/" + ns):
-                pids = subprocess.run(["ip", "netns", "pids", ns], stdout=subprocess.PIPE, universal_newlines=True,
-                                      check=False).stdout
-                for pid in pids.split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
-                subprocess.run(["ip", "netns", "del", ns], check=False)
-        if not self.run_tgtd_existed:
-            try:
-                os.rmdir("/run/tgtd")
-            except OSError:
-                pass
-        if not self.run_netns_existed and os.path.isdir("/run/netns") and not os.listdir("/run/netns"):
-            subprocess.run(["umount", "/run/netns"], check=False, stderr=subprocess.DEVNULL)
-            try:
-                os.rmdir("/run/netns")
-            except OSError:
-                pass
 
     # -- helpers for the tests --------------------------------------------------------------------
     def adapter(self):
@@ -394,29 +163,15 @@ class Bed(object):
         conn.close()
         return resp.status, data
 
-    def log_text(self):
-        with open(self.log) as f:
-            return f.read()
-
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     pytest.importorskip("pyVmomi")
-    build = _run("bash", os.path.join(VCSIM, "build.sh"), timeout=600, check=False)
-    assert build.returncode == 0, build.stdout
+    build()
     b = Bed(str(tmp_path_factory.mktemp("vcsim-storage")))
-    try:
-        b.up()
+    with b.running():
         yield b
-    finally:
-        b.down()
-    assert b.argv_hits == [], "the CHAP secret was in a process's argv: %s" % b.argv_hits[:3]
-    assert _attached(b.state_dir) == []
-    assert not os.path.exists(b.dsdir)
-    for ns in (NS_ESX, NS_COLL):
-        assert not os.path.exists("/run/netns/" + ns)
-    if os.path.exists(b.log):
-        os.remove(b.log)
+    b.check_gone()
 
 
 def test_software_iscsi_rescan_finds_the_lun_with_chap(bed):
@@ -517,7 +272,7 @@ def test_vmfs_datastore_on_the_lun(bed):
     assert [m.mountInfo.path for m in bed.ss.fileSystemVolumeInfo.mountInfo if m.volume.name == bed.dsname] == \
         ["/vmfs/volumes/" + vmfs.uuid]
     assert bed.dss.QueryAvailableDisksForVmfs() == []  # the LUN is in use now
-    left = _attached(bed.state_dir)
+    left = attached(bed.state_dir)
     assert any(x.startswith("qemu-storage-daemon") for x in left) and any(x.startswith("loop") for x in left)
     assert "mount " + local in left
 
@@ -540,20 +295,20 @@ def test_vmfs_datastore_on_the_lun(bed):
     bed.ss.UnmountVmfsVolume(vmfs.uuid)
     assert bed.dsname not in [x.name for x in bed.host.datastore]
     assert bed.dsname not in [x.name for x in bed.dc.datastore]
-    assert _attached(bed.state_dir) == []
+    assert attached(bed.state_dir) == []
     assert [d.canonicalName for d in bed.dss.QueryAvailableDisksForVmfs()] == [disk.canonicalName]
     # read the files back from tgt's backing file: GPT with the VMFS type, ext4 in partition 1
-    assert _gpt(bed.backing) == [(2048, LUN_BYTES // 512 - 34 - 2048 + 1, VMFS_GUID)]
+    assert gpt(bed.backing) == [(2048, LUN_BYTES // 512 - 34 - 2048 + 1, VMFS_GUID)]
     for name in ("put.bin", "copy.bin"):
-        assert _debugfs_cat(bed.backing, 2048 * 512, "/evidence/" + name) == payload, name
+        assert debugfs_cat(bed.backing, 2048 * 512, "/evidence/" + name) == payload, name
 
     # RemoveDatastore removes the VMFS volume's partition, as on ESXi (the data blocks stay)
     ds = bed.create_datastore(bed.dsname)
     assert bed.folder_request("PUT", "again.bin", payload[:1000])[0] == 200
     bed.dss.RemoveDatastore(ds)
-    assert bed.dsname not in [x.name for x in bed.host.datastore] and _attached(bed.state_dir) == []
-    assert _gpt(bed.backing) == []
-    assert _debugfs_cat(bed.backing, 2048 * 512, "/again.bin") == payload[:1000]
+    assert bed.dsname not in [x.name for x in bed.host.datastore] and attached(bed.state_dir) == []
+    assert gpt(bed.backing) == []
+    assert debugfs_cat(bed.backing, 2048 * 512, "/again.bin") == payload[:1000]
     assert [d.canonicalName for d in bed.dss.QueryAvailableDisksForVmfs()] == [disk.canonicalName]
 
 
@@ -579,7 +334,7 @@ def test_vcsim_stop_and_kill_leave_nothing(bed):
     r = bed.stop_vcsim()
     assert r.returncode == 0, r.stdout
     assert "detaching datastore lab-stop-" in bed.log_text()
-    assert _attached(bed.state_dir) == [] and not os.path.exists(bed.state_dir)
+    assert attached(bed.state_dir) == [] and not os.path.exists(bed.state_dir)
     assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
 
     # kill -9: the datastore stays attached; vcsim.sh stop (and lab/down.sh) sweep it away
@@ -588,7 +343,7 @@ def test_vcsim_stop_and_kill_leave_nothing(bed):
     bed.create_datastore("lab-kill-" + TAG)
     os.kill(bed.env["pid"], signal.SIGKILL)
     time.sleep(0.3)
-    assert _attached(bed.state_dir) != []
+    assert attached(bed.state_dir) != []
     r = bed.stop_vcsim()
     assert r.returncode == 0 and "sweeping" in r.stdout, r.stdout
-    assert _attached(bed.state_dir) == [] and not os.path.exists(bed.state_dir)
+    assert attached(bed.state_dir) == [] and not os.path.exists(bed.state_dir)
