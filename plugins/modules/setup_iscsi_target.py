@@ -33,6 +33,11 @@ description:
     started (only that instance) and removes a tgt package this module installed; it keeps backing files.
   - Idempotent. A target that exists with another backing file, size, initiator, CHAP user or address
     list is an error; an evidence store is never resized or re-shaped silently.
+  - The LUN gets a SCSI identity of its own, its serial number RV(scsi_sn) and NAA name RV(naa), derived from
+    O(target_iqn), which holds the case and the host. tgt's default identity is the same for LUN 1 of target 1
+    on every tgtd, and ESXi takes two devices with one identifier for two paths to one device. The same IQN
+    gives the same identity on every export of the case's volume; a LUN that lacks it gets it, except while
+    initiators are logged in (an error, since a device's identity is not changed under its initiators).
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 requirements:
@@ -221,6 +226,31 @@ readonly:
   description: Whether the LUN is read-only.
   returned: always
   type: bool
+scsi_sn:
+  description:
+    - Serial number of the LUN (SCSI VPD page 0x80; tgt's C(scsi_sn)), the first 20 hexadecimal digits of the
+      SHA-256 of RV(target_iqn), so it is the LUN's own and the same on every export of it.
+    - M(dfir.vmcollect.esxi_iscsi_datastore) takes it as O(dfir.vmcollect.esxi_iscsi_datastore#module:serial).
+    - What the LUN presents with O(state=readonly); V(null) after O(state=absent).
+  returned: always
+  type: str
+  sample: "0e88d7633e4296ef4994"
+scsi_id:
+  description:
+    - tgt's C(scsi_id) of the LUN (SCSI VPD page 0x83), V(6) and the first 31 hexadecimal digits of the SHA-256
+      of RV(target_iqn); tgtd makes it the LUN's NAA designator RV(naa).
+    - What the LUN presents with O(state=readonly); V(null) after O(state=absent).
+  returned: always
+  type: str
+  sample: "60e88d7633e4296ef499435fa14e8f3e"
+naa:
+  description:
+    - The LUN's NAA name (type 6, from RV(scsi_id)), the canonical name ESXi gives the device;
+      M(dfir.vmcollect.esxi_iscsi_datastore) takes it as O(dfir.vmcollect.esxi_iscsi_datastore#module:canonical_name).
+    - V(null) after O(state=absent).
+  returned: always
+  type: str
+  sample: "naa.60e88d7633e4296ef499435fa14e8f3e"
 control_port:
   description: Control port of the tgtd serving the target.
   returned: always

@@ -17,6 +17,12 @@ replays this target's journal records (the backing file, the evidence, is kept u
 
 CHAP secrets go to tgtd through its control socket (``_tgt``), never through any argv, and are
 never written to the journal or returned.
+
+The LUN gets a SCSI identity of its own (``lun_identity``): tgt's default is the same for LUN 1
+of tid 1 on every tgtd, and ESXi takes two devices with one identifier for two paths to one device
+(it could write one case's datastore onto another case's LUN). Its serial number and NAA name come
+from the target's IQN, so they differ between cases and hosts and stay the same on every export of
+the same case's volume.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -42,6 +48,10 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal im
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import tgt as _tgt
 
 LUN = 1
+# hexadecimal digits of the IQN's SHA-256 in the LUN's serial number (scsi_sn; tgt keeps 36): 80 bits, and it fits
+# the 20-character serial fields some tools show
+SERIAL_DIGITS = 20
+IDENTITY = ("scsi_id", "scsi_sn", "naa")
 PIDFILE_PREFIX = "dfir-vmcollect."
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 START_TIMEOUT = 10.0
@@ -118,6 +128,24 @@ def _network(text, option):
 def firewall_table(target_iqn, control_port):
     digest = hashlib.sha256(("%s|%d" % (target_iqn, control_port)).encode("utf-8")).hexdigest()[:12]
     return "vmcollect_%s" % digest
+
+
+def lun_identity(target_iqn):
+    """The SCSI identity of a target's LUN, from its IQN (case and host): dict(scsi_id, scsi_sn, naa).
+
+    Of the IQN's SHA-256 in hexadecimal: scsi_id is 6 and its first 31 digits, which tgtd makes the NAA type 6
+    designator ``naa.<scsi_id>`` as it is (the name ESXi gives the device); scsi_sn, the serial number (VPD page
+    0x80), is its first SERIAL_DIGITS digits. The same IQN gives the same identity on every export.
+    """
+    digest = hashlib.sha256(target_iqn.encode("utf-8")).hexdigest()
+    scsi_id = "6" + digest[:31]
+    return {"scsi_id": scsi_id, "scsi_sn": digest[:SERIAL_DIGITS], "naa": _tgt.naa_of(scsi_id)}
+
+
+def identity_of(lun):
+    """The SCSI identity a LUN presents (from tgtd's show output): dict(scsi_id, scsi_sn, naa), None when unknown."""
+    scsi_id = (lun or {}).get("scsi_id")
+    return {"scsi_id": scsi_id, "scsi_sn": (lun or {}).get("scsi_sn"), "naa": _tgt.naa_of(scsi_id) if scsi_id else None}
 
 
 def pidfile(case_id, control_port):
@@ -369,6 +397,7 @@ def config_view(spec, target=None, fw=None, backing_size=None):
     return {
         "target_iqn": target["name"], "tid": target["tid"], "lun": LUN if lun else None,
         "backing_file": lun.get("path"), "size": backing_size, "thin": lun.get("thin"), "readonly": lun.get("readonly"),
+        "scsi_id": lun.get("scsi_id"), "scsi_sn": lun.get("scsi_sn"),
         "incoming_user": [a["user"] for a in target["accounts"] if not a["outgoing"]],
         "outgoing_user": [a["user"] for a in target["accounts"] if a["outgoing"]],
         "initiator_iqns": list(target["acls"]),
@@ -510,15 +539,20 @@ def present(journal, spec, check_mode=False):
                          "bind the %s %s to target %s" % (kind, user, spec["target_iqn"]),
                          lambda u=user, o=outgoing: client.bind_account(tid, u, outgoing=o))
     lun = _lun(target)
+    identity = lun_identity(spec["target_iqn"])
     if lun is None:
         steps.change(A_LUN, _target_undo(spec, tid=tid, lun=LUN, backing_file=spec["backing_file"]),
-                     "add LUN %d (thin, backed by %s) to target %s" % (LUN, spec["backing_file"], spec["target_iqn"]),
-                     lambda: _new_thin_lun(client, tid, spec["backing_file"]))
-    elif not lun["thin"]:
-        # a crash between the LUN and its thin setting: the LUN's record covers it
-        steps.done.append(("would: " if check_mode else "") + "turn thin provisioning on for LUN %d" % LUN)
-        if not check_mode:
-            client.update_lun(tid, LUN, thin_provisioning=1)
+                     "add LUN %d (thin, serial %s, %s; backed by %s) to target %s" % (
+                         LUN, identity["scsi_sn"], identity["naa"], spec["backing_file"], spec["target_iqn"]),
+                     lambda: _new_thin_lun(client, tid, spec["backing_file"], identity))
+    else:
+        settings = lun_settings(lun, identity)
+        if settings:
+            # a crash between the LUN and its settings: the LUN's record covers them (they go with the LUN)
+            steps.done.append(("would: " if check_mode else "") + "set %s on LUN %d of target %s" % (
+                ", ".join("%s=%s" % item for item in sorted(settings.items())), LUN, spec["target_iqn"]))
+            if not check_mode:
+                client.update_lun(tid, LUN, **settings)
     if spec["initiator_iqn"] not in target["acls"]:
         steps.change(A_ACL, _target_undo(spec, tid=tid, initiator_iqn=spec["initiator_iqn"]),
                      "allow the initiator %s on target %s" % (spec["initiator_iqn"], spec["target_iqn"]),
@@ -526,12 +560,13 @@ def present(journal, spec, check_mode=False):
 
     after = {
         "target_iqn": spec["target_iqn"], "tid": tid, "lun": LUN, "backing_file": spec["backing_file"],
-        "size": spec["size"], "thin": True, "readonly": False, "incoming_user": [spec["chap_user"]],
+        "size": spec["size"], "thin": True, "readonly": False, "scsi_id": identity["scsi_id"],
+        "scsi_sn": identity["scsi_sn"], "incoming_user": [spec["chap_user"]],
         "outgoing_user": [spec["mutual_chap_user"]] if spec["mutual_chap_user"] else [],
         "initiator_iqns": [spec["initiator_iqn"]], "initiator_addresses": spec["initiator_addresses"],
         "control_port": spec["control_port"], "firewall_table": spec["firewall_table"],
     }
-    return _result(spec, steps, before, after, tid=tid, readonly=False, tgtd_pid=daemon.get("pid"))
+    return _result(spec, steps, before, after, tid=tid, readonly=False, tgtd_pid=daemon.get("pid"), **identity)
 
 
 def _result(spec, steps, before, after, **extra):
@@ -596,6 +631,31 @@ def _check_existing(journal, spec, target, fw, backing_size):
     if lun is not None and lun["readonly"]:
         raise IscsiTargetError("The LUN of target %s is read-only: its acquisition is over, and state=present would "
                                "make the evidence writable again. Nothing was changed." % iqn)
+    identity = lun_identity(iqn)
+    if lun is not None and target["sessions"] and any(lun.get(k) != identity[k] for k in ("scsi_id", "scsi_sn")):
+        raise IscsiTargetError("LUN %d of target %s presents the SCSI identity scsi_id %r, scsi_sn %r, not its own "
+                               "(serial %s, %s), and %s logged in: a device's identity is not changed under its "
+                               "initiators. Log them out, or remove the target (state=absent; the backing file is "
+                               "kept) and set it up again. Nothing was changed." % (
+                                   LUN, iqn, lun.get("scsi_id"), lun.get("scsi_sn"), identity["scsi_sn"],
+                                   identity["naa"], _initiators_text(target)),
+                               scsi_id=lun.get("scsi_id"), scsi_sn=lun.get("scsi_sn"))
+
+
+def _initiators_text(target):
+    names = sorted(set(s["initiator"] or "an unnamed initiator" for s in target["sessions"]))
+    return "%s %s" % (", ".join(names), "is" if len(names) == 1 else "are")
+
+
+def lun_settings(lun, identity):
+    """The tgt parameters an existing LUN lacks (thin provisioning, its SCSI identity): {} when it has them all."""
+    settings = {}
+    if not lun["thin"]:
+        settings["thin_provisioning"] = 1
+    for key in ("scsi_id", "scsi_sn"):
+        if lun.get(key) != identity[key]:
+            settings[key] = identity[key]
+    return settings
 
 
 def _check_portal_peers(journal, spec):
@@ -631,9 +691,12 @@ def _free_tid(client):
     return tid
 
 
-def _new_thin_lun(client, tid, backing_file):
+def _new_thin_lun(client, tid, backing_file, identity):
+    """The LUN, then its settings in one update (tgtd takes scsi_id and scsi_sn only there); its identity goes to the
+    journal with the change."""
     client.new_lun(tid, LUN, backing_file)
-    client.update_lun(tid, LUN, thin_provisioning=1)
+    client.update_lun(tid, LUN, thin_provisioning=1, scsi_id=identity["scsi_id"], scsi_sn=identity["scsi_sn"])
+    return dict(identity)
 
 
 def _nft_apply(nft, spec):
@@ -819,7 +882,7 @@ def readonly(journal, spec, check_mode=False):
     after = dict(before, readonly=True)
     spec = dict(spec, backing_file=lun["path"], size=size)
     return _result(spec, steps, before, after, tid=target["tid"], readonly=True, thin=lun["thin"],
-                   tgtd_pid=daemon["pid"], portal=_portal_of(daemon))
+                   tgtd_pid=daemon["pid"], portal=_portal_of(daemon), **identity_of(lun))
 
 
 def _portal_of(daemon):
@@ -857,7 +920,7 @@ def absent(journal, spec, check_mode=False):
     undone = journal.replay(mine, UndoContext(steps.check_mode))
     steps.done.extend(("would: " if steps.check_mode else "") + u["result"] for u in undone)
     return _result(dict(spec, backing_file=kept or spec.get("backing_file")), steps, before, {}, tid=None,
-                   readonly=None, tgtd_pid=None, thin=None, portal=_portal_of(daemon))
+                   readonly=None, tgtd_pid=None, thin=None, portal=_portal_of(daemon), **dict.fromkeys(IDENTITY))
 
 
 # -- undo handlers ------------------------------------------------------------------------------

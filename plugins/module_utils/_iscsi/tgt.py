@@ -23,6 +23,16 @@ byte against ``strace tgtadm`` on Debian 12's tgt 1:1.0.85-1+deb12u1):
 * receive ``struct tgtadm_rsp`` (``uint32 err; uint32 len``) and ``len - 8`` bytes of text
   (``show`` operations).
 
+A LUN's SCSI identity (tgt 1.0.85, ``usr/spc.c``): tgtd gives every LUN ``scsi_id`` ``"IET     "``
++ tid + lun and ``scsi_sn`` ``"beaf"`` + tid + lun, so LUN 1 of tid 1 looks the same on every tgtd.
+Only ``--op update`` sets them (``--op new`` ignores both). Each holds at most 36 characters
+(``SCSI_ID_LEN``, ``SCSI_SN_LEN`` in ``usr/tgtd.h``; tgtd cuts longer values without a word).
+``scsi_sn`` is VPD page 0x80 (the serial number, right-aligned in 36 bytes padded with spaces).
+``scsi_id`` is VPD page 0x83's T10 designator as it is, and its NAA type 6 designator (the
+``naa.6...`` name ESXi gives the device): tgtd reads each character as a hexadecimal digit (any
+other character counts as 0), keeps the last 32 digits and puts 6 into the first (``naa_of``).
+Page 0x83's third designator, NAA type 3, stays tid << 32 | lun: no parameter sets it.
+
 The error numbers are tgt 1.0.85's ``enum tgtadm_errno`` (the order of tgtadm's message table).
 """
 
@@ -47,6 +57,9 @@ OP_NEW, OP_DELETE, OP_SHOW, OP_BIND, OP_UNBIND, OP_UPDATE, OP_STATS, OP_START, O
 ACCOUNT_INCOMING, ACCOUNT_OUTGOING = 0, 1
 TYPE_DISK = 0
 UINT64_MAX = 0xFFFFFFFFFFFFFFFF
+# usr/tgtd.h: the longest scsi_id and scsi_sn a LUN keeps
+SCSI_ID_LEN = 36
+SCSI_SN_LEN = 36
 
 REQUEST = struct.Struct("=II64sIiQQIIIIII")
 RESPONSE = struct.Struct("=II")
@@ -236,7 +249,8 @@ class TgtClient(object):
                      what="creating LUN %d of target %d" % (lun, tid))
 
     def update_lun(self, tid, lun, **params):
-        """``--mode logicalunit --op update --params k=v,...`` (thin_provisioning, readonly...)."""
+        """``--mode logicalunit --op update --params k=v,...`` (thin_provisioning, readonly, scsi_id, scsi_sn...)."""
+        check_lun_params(params)
         text = "targetOps %s," % ",".join("%s=%s" % (k, v) for k, v in sorted(params.items()))
         self.request(MODE_DEVICE, OP_UPDATE, text, tid=tid, lun=lun,
                      what="updating LUN %d of target %d (%s)" % (lun, tid, ", ".join(sorted(params))))
@@ -282,6 +296,37 @@ def check_chap_user(user):
     return user
 
 
+_LUN_VALUE = re.compile(r"^[A-Za-z0-9._:-]+$")
+_LUN_VALUE_LIMITS = {"scsi_id": SCSI_ID_LEN, "scsi_sn": SCSI_SN_LEN}
+
+
+def check_lun_params(params):
+    """tgtd splits parameters at commas, and cuts a scsi_id or scsi_sn longer than it keeps without a word: values
+    are kept to a safe alphabet, and those two to tgtd's length."""
+    for key, value in sorted(params.items()):
+        text = str(value)
+        limit = _LUN_VALUE_LIMITS.get(key)
+        if not _LUN_VALUE.match(text) or (limit and len(text) > limit):
+            raise InvalidInputError("The LUN parameter %s=%r is not usable; use %sletters, digits, '.', '_', ':' and "
+                                    "'-'." % (key, value, "1 to %d " % limit if limit else ""))
+    return params
+
+
+def naa_of(scsi_id):
+    """The NAA type 6 designator tgtd makes of ``scsi_id`` (VPD page 0x83), as ESXi names the device: ``naa.6...``.
+
+    ``usr/spc.c`` update_vpd_83: every character is one hexadecimal digit (strtoul base 16 of that
+    character alone, so any other character is 0), shifted into a 128-bit number; the top digit
+    becomes 6 (NAA IEEE Registered Extended).
+    """
+    value = 0
+    for char in str(scsi_id)[:SCSI_ID_LEN]:
+        digit = int(char, 16) if char in "0123456789abcdefABCDEF" else 0
+        value = (value << 4 | digit) & ((1 << 128) - 1)
+    value = value & ((1 << 124) - 1) | 6 << 124
+    return "naa.%032x" % value
+
+
 # -- parsing `show` output ----------------------------------------------------------------------
 
 def _indent(line):
@@ -291,8 +336,8 @@ def _indent(line):
 def parse_targets(text):
     """``tgtadm --mode target --op show`` output -> list of dicts.
 
-    Each: tid, name, state, sessions [{initiator, addresses}], luns [{lun, type, size_mb, readonly,
-    thin, online, bstype, path}], accounts [{user, outgoing}], acls [str].
+    Each: tid, name, state, sessions [{initiator, addresses}], luns [{lun, type, scsi_id, scsi_sn,
+    size_mb, readonly, thin, online, bstype, path}], accounts [{user, outgoing}], acls [str].
     """
     targets = []
     cur = section = lun = nexus = None
@@ -327,13 +372,17 @@ def parse_targets(text):
                 nexus["addresses"].append(stripped.split(":", 1)[1].strip())
         elif section == "LUN information":
             if stripped.startswith("LUN:"):
-                lun = {"lun": int(stripped.split(":", 1)[1]), "type": None, "size_mb": None, "readonly": None,
-                       "thin": None, "online": None, "bstype": None, "path": None}
+                lun = {"lun": int(stripped.split(":", 1)[1]), "type": None, "scsi_id": None, "scsi_sn": None,
+                       "size_mb": None, "readonly": None, "thin": None, "online": None, "bstype": None, "path": None}
                 cur["luns"].append(lun)
             elif lun is not None and ":" in stripped:
                 key, value = [s.strip() for s in stripped.split(":", 1)]
                 if key == "Type":
                     lun["type"] = value
+                elif key == "SCSI ID":
+                    lun["scsi_id"] = value
+                elif key == "SCSI SN":
+                    lun["scsi_sn"] = value
                 elif key == "Size":
                     m = re.match(r"^(\d+) MB", value)
                     lun["size_mb"] = int(m.group(1)) if m else None

@@ -110,9 +110,10 @@ def test_parse_targets():
     assert t["state"] == "ready"
     assert t["sessions"] == [{"initiator": "iqn.2026-11.io.test:init", "addresses": ["10.213.1.2"]}]
     lun = t["luns"][1]
-    assert lun == {"lun": 1, "type": "disk", "size_mb": 67, "readonly": True, "thin": True, "online": True,
-                   "bstype": "rdwr", "path": "/var/tmp/probe.img"}
+    assert lun == {"lun": 1, "type": "disk", "scsi_id": "IET     00010001", "scsi_sn": "beaf11", "size_mb": 67,
+                   "readonly": True, "thin": True, "online": True, "bstype": "rdwr", "path": "/var/tmp/probe.img"}
     assert t["luns"][0]["path"] is None
+    assert targets[1]["luns"][0]["scsi_id"] is None and targets[1]["luns"][0]["scsi_sn"] is None
     assert t["accounts"] == [{"user": "u1", "outgoing": False}, {"user": "m1", "outgoing": True}]
     assert t["acls"] == ["iqn.2026-11.io.test:init"]
     assert targets[1]["accounts"] == [] and targets[1]["acls"] == [] and targets[1]["sessions"] == []
@@ -127,6 +128,32 @@ def test_parse_accounts():
 def test_chap_user_checked(user):
     with pytest.raises(InvalidInputError):
         _tgt.check_chap_user(user)
+
+
+# scsi_id -> the NAA type 6 designator of VPD page 0x83, read with INQUIRY from tgtd 1.0.85 (Debian 12) over iSCSI
+@pytest.mark.parametrize("scsi_id,naa", [
+    ("IET     00030001", "naa.60000000000000000e00000000030001"),  # tgt's own, tid 3 LUN 1: letters count as 0 or hex
+    ("6abc", "naa.60000000000000000000000000006abc"),
+    ("0123456789abcdef0123456789abcdef0123", "naa.656789abcdef0123456789abcdef0123"),  # the last 31 digits, then 6
+    ("60e88d7633e4296ef499435fa14e8f3e", "naa.60e88d7633e4296ef499435fa14e8f3e"),
+])
+def test_naa_of_is_tgtds(scsi_id, naa):
+    assert _tgt.naa_of(scsi_id) == naa
+
+
+@pytest.mark.parametrize("params", [
+    {"scsi_sn": "a,b"}, {"scsi_sn": "a b"}, {"scsi_sn": ""}, {"scsi_id": "x" * 37}, {"scsi_sn": "x" * 37},
+    {"thin_provisioning": "1,readonly=0"},
+])
+def test_lun_params_refused(params):
+    """tgtd splits parameters at commas and cuts a scsi_id or scsi_sn of more than 36 characters without a word."""
+    with pytest.raises(InvalidInputError):
+        _tgt.check_lun_params(params)
+
+
+def test_lun_params_accepted():
+    params = {"scsi_id": "6" * 36, "scsi_sn": "EISD100123", "thin_provisioning": 1, "readonly": 1}
+    assert _tgt.check_lun_params(params) == params
 
 
 class FakeTgtd(threading.Thread):
@@ -181,6 +208,24 @@ def test_client_against_a_fake_tgtd(tmp_path):
     fake.join(5)
     assert fake.received[0][1] == b"user=u1,password=secret-secret-1\0"
     assert fake.received[3][0][4] == 9 and fake.received[3][0][12] == 1  # tid, force
+
+
+def test_lun_identity_goes_in_one_update(tmp_path):
+    """What `tgtadm --mode logicalunit --op update --tid 1 --lun 1 --params thin_provisioning=1,scsi_id=..,scsi_sn=..`
+    sends; a value tgtd would split or cut never reaches it."""
+    fake = FakeTgtd(str(tmp_path / "socket.8"), [(0, "")])
+    fake.start()
+    client = _tgt.TgtClient(8, socket_dir=str(tmp_path), timeout=5)
+    client.update_lun(1, 1, thin_provisioning=1, scsi_sn="0e88d7633e4296ef4994",
+                      scsi_id="60e88d7633e4296ef499435fa14e8f3e")
+    with pytest.raises(InvalidInputError):
+        client.update_lun(1, 1, scsi_sn="x" * 37)
+    fake.join(5)
+    assert len(fake.received) == 1
+    head, body = fake.received[0]
+    assert head[0:2] == (_tgt.MODE_DEVICE, _tgt.OP_UPDATE) and head[4] == 1 and head[6] == 1  # tid, lun
+    assert body == (b"targetOps scsi_id=60e88d7633e4296ef499435fa14e8f3e,scsi_sn=0e88d7633e4296ef4994,"
+                    b"thin_provisioning=1,\0")
 
 
 def test_server_pid_is_the_listener(tmp_path):

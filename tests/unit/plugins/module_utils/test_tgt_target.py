@@ -8,11 +8,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import os
 
 import pytest
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as t
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import tgt as _tgt
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, IscsiTargetError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS, Journal, UndoContext
 
@@ -298,3 +300,242 @@ def test_install_refused_with_a_permissive_policy(tmp_path, monkeypatch):
 def test_undo_packages_not_installed(monkeypatch):
     monkeypatch.setattr(t, "run", lambda argv, data=None, env=None: (1, "", "no packages found"))
     assert t.undo_packages({"packages": ["tgt"]}, DO) == "package(s) tgt: not installed"
+
+
+# -- the LUN's SCSI identity ------------------------------------------------------------------------
+
+IQN = "iqn.2026-11.io.dfir.vmcollect:case-42:kvm1"
+
+
+def test_lun_identity_is_the_iqns():
+    identity = t.lun_identity(IQN)
+    # printf %s iqn.2026-11.io.dfir.vmcollect:case-42:kvm1 | sha256sum -> 0e88d7633e4296ef499435fa14e8f3e3...
+    assert identity == {"scsi_id": "60e88d7633e4296ef499435fa14e8f3e", "scsi_sn": "0e88d7633e4296ef4994",
+                        "naa": "naa.60e88d7633e4296ef499435fa14e8f3e"}
+    assert identity["naa"] == "naa." + identity["scsi_id"]  # tgtd's NAA type 6 designator is the scsi_id as it is
+    assert len(identity["scsi_id"]) <= 36 and len(identity["scsi_sn"]) <= 36  # tgt's SCSI_ID_LEN, SCSI_SN_LEN
+    assert t.lun_identity(IQN) == identity  # the same on every export
+
+
+@pytest.mark.parametrize("other", [
+    "iqn.2026-11.io.dfir.vmcollect:case-43:kvm1",  # another case, same host
+    "iqn.2026-11.io.dfir.vmcollect:case-42:kvm2",  # same case, another host
+    "iqn.2026-11.io.dfir.vmcollect:case-42",
+])
+def test_lun_identity_differs_between_cases_and_hosts(other):
+    mine, theirs = t.lun_identity(IQN), t.lun_identity(other)
+    assert all(mine[k] != theirs[k] for k in t.IDENTITY)
+
+
+def test_identity_of_a_lun_as_tgtd_shows_it():
+    assert t.identity_of({"scsi_id": "IET     00010001", "scsi_sn": "beaf11"}) == {
+        "scsi_id": "IET     00010001", "scsi_sn": "beaf11", "naa": "naa.60000000000000000e00000000010001"}
+    assert t.identity_of(None) == dict.fromkeys(t.IDENTITY)
+
+
+def test_lun_settings():
+    identity = t.lun_identity(IQN)
+    tgt_default = {"thin": False, "scsi_id": "IET     00010001", "scsi_sn": "beaf11"}
+    assert t.lun_settings(tgt_default, identity) == {"thin_provisioning": 1, "scsi_id": identity["scsi_id"],
+                                                     "scsi_sn": identity["scsi_sn"]}
+    assert t.lun_settings(dict(tgt_default, thin=True, scsi_sn=identity["scsi_sn"]), identity) == {
+        "scsi_id": identity["scsi_id"]}
+    assert t.lun_settings({"thin": True, "scsi_id": identity["scsi_id"], "scsi_sn": identity["scsi_sn"]},
+                          identity) == {}
+
+
+class FakeTgt(object):
+    """tgtd as target.py sees it through TgtClient (it stands for the class too: any control port is this one)."""
+
+    def __init__(self):
+        self.state = []
+        self.users = []
+        self.updates = []
+
+    def __call__(self, control_port):
+        return self
+
+    def running(self):
+        return True
+
+    def server_pid(self):
+        return 4242
+
+    def targets(self):
+        return copy.deepcopy(self.state)
+
+    def accounts(self):
+        return list(self.users)
+
+    def _target(self, tid):
+        return [target for target in self.state if target["tid"] == tid][0]
+
+    def new_target(self, tid, name):
+        self.state.append({"tid": tid, "name": name, "state": "ready", "sessions": [], "luns": [], "accounts": [],
+                           "acls": []})
+
+    def delete_target(self, tid, force=True):
+        self.state.remove(self._target(tid))
+
+    def new_account(self, user, password):
+        self.users.append(user)
+
+    def delete_account(self, user):
+        self.users.remove(user)
+
+    def bind_account(self, tid, user, outgoing=False):
+        self._target(tid)["accounts"].append({"user": user, "outgoing": outgoing})
+
+    def unbind_account(self, tid, user, outgoing=False):
+        self._target(tid)["accounts"].remove({"user": user, "outgoing": outgoing})
+
+    def new_lun(self, tid, lun, backing_store, bstype="rdwr"):
+        # tgtd's own identity for it (usr/spc.c spc_lu_init): the same for this tid and LUN on every tgtd
+        self._target(tid)["luns"].append({"lun": lun, "type": "disk", "scsi_id": "IET     %04x%04x" % (tid, lun),
+                                          "scsi_sn": "beaf%d%d" % (tid, lun), "size_mb": 1, "readonly": False,
+                                          "thin": False, "online": True, "bstype": bstype, "path": backing_store})
+
+    def update_lun(self, tid, lun, **params):
+        _tgt.check_lun_params(params)
+        self.updates.append(params)
+        entry = [x for x in self._target(tid)["luns"] if x["lun"] == lun][0]
+        for key, value in params.items():
+            if key in ("thin_provisioning", "readonly"):
+                entry["thin" if key == "thin_provisioning" else key] = bool(int(value))
+            else:
+                entry[key] = value
+
+    def delete_lun(self, tid, lun):
+        luns = self._target(tid)["luns"]
+        luns.remove([x for x in luns if x["lun"] == lun][0])
+
+    def bind_initiator_name(self, tid, iqn):
+        self._target(tid)["acls"].append(iqn)
+
+    def unbind_initiator_name(self, tid, iqn):
+        self._target(tid)["acls"].remove(iqn)
+
+
+@pytest.fixture
+def tgt_host(tmp_path, monkeypatch):
+    """The case's tgtd (a FakeTgt) runs, the firewall table is there: present() gets to the target's own steps."""
+    fake = FakeTgt()
+    monkeypatch.setattr(t._tgt, "TgtClient", fake)
+    monkeypatch.setattr(t, "which", lambda name: "/usr/sbin/" + name)
+    monkeypatch.setattr(t, "inspect_daemon", lambda spec, tgtd_argv=None: {
+        "state": "ours", "pid": 4242, "case": spec["case_id"],
+        "argv": t.daemon_argv("/usr/sbin/tgtd", dict({"portal_address": "10.0.0.1"}, **spec))})
+    monkeypatch.setattr(t, "firewall_state", lambda name, nft="nft": {"daddr": "10.0.0.1", "dport": 3260,
+                                                                      "allowed": ["10.0.0.2"]})
+    return fake
+
+
+def _spec(tmp_path, state="present", **extra):
+    if state != "present":
+        return t.build_spec("case-42", state, target_name="kvm1", backing_file=str(tmp_path / "kvm1.img"), **extra)
+    return t.build_spec("case-42", "present", target_name="kvm1", **_options(tmp_path / "kvm1.img", **extra))
+
+
+def _options(backing_file, **extra):
+    options = dict(GOOD)
+    options.update(backing_file=str(backing_file), size="1M", **extra)
+    return options
+
+
+def test_present_gives_the_lun_its_identity_and_returns_it(tmp_path, tgt_host):
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    spec = _spec(tmp_path)
+    identity = t.lun_identity(spec["target_iqn"])
+    assert spec["target_iqn"] == IQN
+    result = t.present(journal, spec)
+    # one update right after the LUN is made, before the initiator is allowed: no initiator sees tgt's own identity
+    assert tgt_host.updates == [{"thin_provisioning": 1, "scsi_id": identity["scsi_id"], "scsi_sn": identity["scsi_sn"]}]
+    lun = t._lun(tgt_host.targets()[0])
+    assert (lun["scsi_id"], lun["scsi_sn"], lun["thin"]) == (identity["scsi_id"], identity["scsi_sn"], True)
+    assert dict((k, result[k]) for k in t.IDENTITY) == identity
+    assert (result["diff"]["after"]["scsi_id"], result["diff"]["after"]["scsi_sn"]) == (identity["scsi_id"],
+                                                                                        identity["scsi_sn"])
+    assert "add LUN 1 (thin, serial 0e88d7633e4296ef4994, naa.60e88d7633e4296ef499435fa14e8f3e; backed by %s) to " \
+           "target %s" % (spec["backing_file"], IQN) in result["actions"]
+    # recorded with the LUN's change in the journal
+    record = journal.find(t.A_LUN, target_iqn=IQN)[0]
+    assert [r["facts"] for r in journal.records() if r.get("kind") == "applied" and r["ref"] == record["id"]] == \
+        [identity]
+    # a rerun changes nothing and says the same
+    again = t.present(journal, spec)
+    assert not again["changed"] and len(tgt_host.updates) == 1
+    assert dict((k, again[k]) for k in t.IDENTITY) == identity
+    assert again["diff"]["before"] == again["diff"]["after"]
+
+
+def test_a_re_export_of_the_volume_has_the_same_identity(tmp_path, tgt_host):
+    """Released (state=absent keeps the evidence) and exported again, with a tid tgtd hands out again: same identity."""
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    first = t.present(journal, _spec(tmp_path))
+    with open(str(tmp_path / "kvm1.img"), "r+b") as f:
+        f.write(b"evidence")
+        os.fsync(f.fileno())
+    gone = t.absent(journal, _spec(tmp_path, "absent"))
+    assert tgt_host.state == [] and os.path.exists(str(tmp_path / "kvm1.img"))
+    assert dict((k, gone[k]) for k in t.IDENTITY) == dict.fromkeys(t.IDENTITY)
+    second = t.present(journal, _spec(tmp_path, reuse_backing_file=True))
+    assert second["tid"] == first["tid"] == 1
+    assert dict((k, second[k]) for k in t.IDENTITY) == dict((k, first[k]) for k in t.IDENTITY)
+    assert tgt_host.updates[-1] == tgt_host.updates[0]
+
+
+def test_another_case_on_the_same_tid_and_lun_has_another_identity(tmp_path, tgt_host):
+    one = t.present(Journal("case-42", str(tmp_path / "journal")), _spec(tmp_path))
+    tgt_host.state, tgt_host.users = [], []  # another collector's tgtd: tid 1 again
+    other = t.present(Journal("case-43", str(tmp_path / "journal")),
+                      t.build_spec("case-43", "present", target_name="kvm1", **_options(tmp_path / "other.img")))
+    assert one["tid"] == other["tid"] and one["lun"] == other["lun"]
+    assert one["scsi_sn"] != other["scsi_sn"] and one["naa"] != other["naa"]
+
+
+def test_a_lun_left_with_tgts_identity_gets_its_own(tmp_path, tgt_host):
+    """A run that stopped between the LUN and its settings: the rerun sets them (the LUN's record covers them)."""
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    spec = _spec(tmp_path)
+    t.present(journal, spec)
+    tgt_host.state[0]["luns"][0].update(scsi_id="IET     00010001", scsi_sn="beaf11", thin=False)
+    identity = t.lun_identity(IQN)
+    plan = t.present(journal, spec, check_mode=True)
+    assert plan["actions"] == ["would: set scsi_id=%s, scsi_sn=%s, thin_provisioning=1 on LUN 1 of target %s"
+                               % (identity["scsi_id"], identity["scsi_sn"], IQN)]
+    assert len(tgt_host.updates) == 1
+    result = t.present(journal, spec)
+    assert result["changed"] and tgt_host.updates[-1] == {"thin_provisioning": 1, "scsi_id": identity["scsi_id"],
+                                                          "scsi_sn": identity["scsi_sn"]}
+    assert result["diff"]["before"]["scsi_sn"] == "beaf11" and result["diff"]["after"]["scsi_sn"] == identity["scsi_sn"]
+
+
+def test_an_identity_is_not_changed_under_logged_in_initiators(tmp_path, tgt_host):
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    spec = _spec(tmp_path)
+    t.present(journal, spec)
+    tgt_host.state[0]["luns"][0].update(scsi_id="IET     00010001", scsi_sn="beaf11")
+    tgt_host.state[0]["sessions"].append({"initiator": GOOD["initiator_iqn"], "addresses": ["10.0.0.2"]})
+    with pytest.raises(IscsiTargetError) as exc:
+        t.present(journal, spec)
+    assert "presents the SCSI identity scsi_id 'IET     00010001', scsi_sn 'beaf11', not its own (serial " \
+           "0e88d7633e4296ef4994, naa.60e88d7633e4296ef499435fa14e8f3e), and %s is logged in" \
+           % GOOD["initiator_iqn"] in exc.value.message
+    assert len(tgt_host.updates) == 1
+
+
+def test_check_mode_plans_the_identity(tmp_path, tgt_host):
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    result = t.present(journal, _spec(tmp_path), check_mode=True)
+    assert "would: add LUN 1 (thin, serial 0e88d7633e4296ef4994, naa.60e88d7633e4296ef499435fa14e8f3e; backed by " \
+           "%s) to target %s" % (str(tmp_path / "kvm1.img"), IQN) in result["actions"]
+    assert result["scsi_sn"] == "0e88d7633e4296ef4994" and tgt_host.state == [] and tgt_host.updates == []
+
+
+def test_readonly_returns_the_identity_the_lun_presents(tmp_path, tgt_host):
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    t.present(journal, _spec(tmp_path))
+    result = t.readonly(journal, _spec(tmp_path, "readonly"))
+    assert tgt_host.updates[-1] == {"readonly": 1}
+    assert dict((k, result[k]) for k in t.IDENTITY) == t.lun_identity(IQN)
+    assert result["diff"]["after"]["scsi_sn"] == "0e88d7633e4296ef4994" and result["diff"]["after"]["readonly"]
