@@ -23,7 +23,10 @@ author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 options:
   image:
-    description: Absolute path of the disk image (a regular file holding a filesystem, no partition table).
+    description:
+      - Absolute path of the disk image - a regular file holding a filesystem, or a GPT with one partition that holds it
+        (an ESXi host's datastore LUN); then the loop device covers that partition only.
+      - A VMFS volume is refused (reading VMFS needs vmfs6-fuse, which this collection does not use yet).
     type: path
     required: true
   mountpoint:
@@ -77,6 +80,10 @@ device:
   description: The read-only loop device.
   returned: state=mounted and not in check mode
   type: str
+partition:
+  description: The GPT partition read (C(index), C(offset), C(size) in bytes, C(type_guid)), or V(null) for an image without a GPT.
+  returned: state=mounted
+  type: dict
 filesystem:
   description: The filesystem found on the image.
   returned: when it was mounted by this run
