@@ -106,6 +106,22 @@ def _ours(cfg):
     return ours[m["majmin"]]
 
 
+def check_readable(image, part, fs):
+    """Raise unless ``fs`` (blkid's type of the image, or of its one GPT partition ``part``) is one this module mounts.
+
+    A VMFS volume - blkid's type, or a VMFS-typed partition holding nothing else it knows - is refused with a sentence
+    that names the reader it needs: it is never mounted as something else, nor reported verified.
+    """
+    where = ("the partition %d of %s" % (part["index"], image)) if part is not None else image
+    if fs in VMFS_TYPES or (part is not None and part["type_guid"] == GPT_VMFS and fs not in NO_RECOVERY):
+        raise IscsiAttachError("%s holds a VMFS volume (found: %s); %s. It is not mounted, and the evidence on it is "
+                               "NOT verified here." % (where, fs or "a VMFS partition without a signature blkid knows",
+                                                       VMFS_READER), found_type=fs, vmfs=True)
+    if fs not in NO_RECOVERY:
+        raise IscsiAttachError("%s holds no ext3, ext4 or xfs filesystem (found: %s); it is not mounted."
+                               % (where, fs or "no signature"), found_type=fs)
+
+
 def mount_readonly(journal, case_id, image, mountpoint, check_mode=False):
     """Mount ``image`` read-only on ``mountpoint``; returns the result dict (changed, device, filesystem, plan)."""
     cfg = _config(case_id, image, mountpoint)
@@ -123,9 +139,10 @@ def mount_readonly(journal, case_id, image, mountpoint, check_mode=False):
     part = gpt_partition(cfg["image"])
     res["changed"] = True
     res["partition"] = part
-    res["plan"] = ["attach %s to a read-only loop device%s" % (cfg["image"], (" at its partition %d (offset %d, %d bytes)"
-                                                                          % (part["index"], part["offset"], part["size"]))
-                                                             if part is not None else ""),
+    at = ""
+    if part is not None:
+        at = " at its partition %d (offset %d, %d bytes)" % (part["index"], part["offset"], part["size"])
+    res["plan"] = ["attach %s to a read-only loop device%s" % (cfg["image"], at),
                    "mount its filesystem read-only, without journal recovery, on %s" % cfg["mountpoint"]]
     if check_mode:
         return res
@@ -142,14 +159,7 @@ def mount_readonly(journal, case_id, image, mountpoint, check_mode=False):
         device = out.strip()
         journal.mark_applied(rec, device=device)
         fs = probe(device).get("type")
-        where = ("the partition %d of %s" % (part["index"], cfg["image"])) if part is not None else cfg["image"]
-        if fs in VMFS_TYPES or (part is not None and part["type_guid"] == GPT_VMFS and fs not in NO_RECOVERY):
-            raise IscsiAttachError("%s holds a VMFS volume (found: %s); %s. It is not mounted and the evidence on it is "
-                                   "NOT verified here." % (where, fs or "a VMFS partition without a signature blkid "
-                                                           "knows", VMFS_READER), found_type=fs, vmfs=True)
-        if fs not in NO_RECOVERY:
-            raise IscsiAttachError("%s holds no ext3, ext4 or xfs filesystem (found: %s); it is not mounted."
-                                   % (where, fs or "no signature"), found_type=fs)
+        check_readable(cfg["image"], part, fs)
         rec = journal.record_change(ACTION_MOUNT, {"attachment": cfg["attachment"], "mountpoint": cfg["mountpoint"],
                                                    "export_file": cfg["image"]},
                                     "mount %s read-only on %s" % (device, cfg["mountpoint"]), module=MODULE)
