@@ -192,6 +192,17 @@ snapshot_time:
   description: UTC time vSphere gives the snapshot (V(null) in check mode) - the point in time the frozen disks show.
   returned: success
   type: str
+pause_ms:
+  description:
+    - How long ESXi stunned the guest to save its memory, in milliseconds, from the C(Checkpoint_Unstun) line of the
+      VM's C(vmware.log) (read with a ranged GET, never written). V(null) where the log does not say it (see
+      RV(pause_note)), for a disk-only snapshot, in check mode and when the freeze was already made by an earlier run.
+  returned: success
+  type: float
+pause_note:
+  description: Where RV(pause_ms) comes from, or why it is not known.
+  returned: success
+  type: str
 quiesced:
   description: Whether the guest's filesystems were quiesced (vSphere's word for the snapshot).
   returned: success

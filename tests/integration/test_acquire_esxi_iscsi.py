@@ -17,11 +17,15 @@ __metaclass__ = type
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 
-from test_acquire_esxi import PLAYBOOK, VM, esx, host_state  # noqa: F401 pylint: disable=unused-import
+from conftest import ROOT, VENV_BIN, ansible_env, case_journal_records
+from test_acquire_esxi import PLAYBOOK, TEARDOWN, VM, esx, host_state  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.tgt import TgtClient
 
 CASE = "case-esxi-iscsi"
 
@@ -38,12 +42,12 @@ def _as_found(after, before):
     return after == before
 
 
-def _args(work, case=CASE):
+def _args(work, case=CASE, cjournal="cjournal"):
     return ["-e", "vmcollect_transport=iscsi", "-e", "esxi_acquire_case_id=" + case,
             "-e", json.dumps({"esxi_acquire_examiner": "CI examiner"}), "-e", json.dumps({"esxi_acquire_vms": [VM]}),
             "-e", json.dumps({"esxi_acquire_algorithms": ["sha256", "md5"]}),
             "-e", "esxi_acquire_evidence_dir=%s/evidence" % work, "-e", "esxi_acquire_journal_dir=%s/journal" % work,
-            "-e", "collector_journal_dir=%s/cjournal" % work, "-e", "collector_dir=%s/collector" % work,
+            "-e", "collector_journal_dir=%s/%s" % (work, cjournal), "-e", "collector_dir=%s/collector" % work,
             "-e", "collector_verify_dir=%s/verify" % work]
 
 
@@ -103,8 +107,128 @@ def test_the_volume_is_a_gpt_partition_read_at_its_offset(acquisition):
     assert table["partitions"][0]["type"].upper() == "AA31E02A-400F-11DB-9590-000C2911D1B8"
 
 
-def test_a_sealed_volume_is_not_acquired_into_again(acquisition):
+def test_the_guests_pause_is_read_from_the_vms_log(acquisition):
+    manifest = json.load(open(os.path.join(acquisition["case_dir"], "manifest.json")))
+    (memory,) = [a for a in manifest["artifacts"].values() if a["kind"] == "memory"]
+    assert memory["pause_ms"] is not None and memory["pause_ms"] > 0, memory
+    assert "Checkpoint_Unstun" in memory["pause_note"]
+
+
+def test_a_rerun_of_the_verified_case_changes_nothing_and_verifies_again(acquisition):
+    """A sealed volume is complete: the rerun neither attaches it (ESXi cannot mount a read-only LUN as a datastore)
+    nor turns software iSCSI on; the collector verifies the volume again."""
     out = acquisition["again"].stdout
-    assert acquisition["again"].returncode != 0
-    assert "an ESXi host cannot mount a read-only LUN as a datastore" in out, out[-5000:]
-    assert _as_found(acquisition["after_again"], acquisition["before"])
+    assert acquisition["again"].returncode == 0, out[-6000:]
+    assert "it is sealed (exported read-only) and not attached to the host again" in out, out[-5000:]
+    assert "Already in the case: 3 artifact(s)" in out
+    assert re.search(r"Verified again on collector1 .*: 3 artifact\(s\) of the case match the source digests", out)
+    assert acquisition["after_again"] == acquisition["after"]  # not even the adapter's state moved
+    # the case lock is taken and released (journaled on the controller); the adapter is only looked at
+    assert re.search(r"read the adapter's iSCSI name\] \*+\nok: \[esx1\]", out), out
+    records = [json.loads(line) for line in open(acquisition["backing"] + ".verified.jsonl")]
+    assert len(records) == 2 and records[-1]["result"] == "verified"
+
+
+def _collector_traces(lab, work, case):
+    """What an ESXi case could leave on the collector and the controller (empty when clean)."""
+    traces = []
+    for journal in ("journal/esxi/esx1", "journal", "cjournal"):
+        if os.path.exists(os.path.join(work, journal, case)):
+            traces.append("journal folder %s/%s" % (journal, case))
+    try:
+        traces += ["target " + t["name"] for t in TgtClient(60).targets() if case in t["name"]]
+    except Exception:  # pylint: disable=broad-except
+        pass  # no tgtd: no target
+    loops = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=True, stdout=subprocess.PIPE,
+                           universal_newlines=True).stdout
+    traces += ["loop: " + lo for lo in loops.splitlines() if work in lo]
+    mounts = open("/proc/self/mountinfo").read()
+    traces += ["mount: " + m for m in mounts.splitlines() if work in m]
+    return traces
+
+
+def _run_until(lab, args, ready, then, seconds=300):
+    """Run the acquisition in a session of its own; once ready() is true, then(proc) (kill it, or stop it and go on)."""
+    proc = subprocess.Popen([os.path.join(VENV_BIN, "ansible-playbook"), PLAYBOOK] + args, env=ansible_env(lab),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            assert proc.poll() is None, "the run ended before the step: %s" % proc.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "the run never reached the step"
+            time.sleep(0.02)
+        then(proc)
+        return proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _applied(folder, action):
+    records = case_journal_records(folder)
+    applied = set(r.get("ref") for r in records if r.get("kind") == "applied")
+    return [r for r in records if r.get("action") == action and r["id"] in applied]
+
+
+def test_kill_after_the_datastore_is_made_then_one_teardown_restores_both_hosts(acquisition, lab, esx,
+                                                                              ansible_playbook):
+    work, case = acquisition["work"], "case-esxi-iscsi-kill"
+    before = host_state(esx)
+    _run_until(lab, _args(work, case, cjournal="journal"),
+               lambda: _applied(os.path.join(work, "journal", "esxi", "esx1", case), "vsphere.vmfs_datastore"),
+               lambda proc: os.killpg(proc.pid, signal.SIGKILL))
+    assert "dfir-" + case in host_state(esx)["datastores"]  # the evidence datastore is there
+    # one journal folder for both hosts, as on a real controller-and-collector pair (ESXi's under esxi/<host>)
+    td = ansible_playbook(TEARDOWN, "-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=%s/journal" % work)
+    assert td.returncode == 0, td.stdout[-5000:]
+    assert "only at the host's next reboot" in td.stdout, td.stdout[-5000:]
+    assert _as_found(host_state(esx), before)
+    assert _collector_traces(lab, work, case) == []
+
+
+def test_a_login_the_collector_refuses_fails_the_attach_and_leaves_both_hosts_clean(acquisition, lab, esx):
+    """The target's CHAP secret is changed behind the run's back (the playbook stopped between the export and the
+    attach): the host's login is refused, the datastore is never made, and the run's own cleanup restores both hosts."""
+    work, case = acquisition["work"], "case-esxi-iscsi-chap"
+    before = host_state(esx)
+    tgt = TgtClient(60)
+
+    def exported():
+        try:
+            return [t for t in tgt.targets() if case in t["name"] and t["accounts"]]
+        except Exception:  # pylint: disable=broad-except
+            return []  # tgtd not started yet
+
+    def wrong_secret(proc):
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            (target,) = exported()
+            (user,) = [a["user"] for a in target["accounts"] if not a["outgoing"]]
+            tgt.unbind_account(target["tid"], user)
+            tgt.delete_account(user)
+            tgt.new_account(user, "not-the-secret-1234")
+            tgt.bind_account(target["tid"], user)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+
+    out = _run_until(lab, _args(work, case, cjournal="journal"), exported, wrong_secret)
+    assert "failed=1" in out or "failed=2" in out, out[-5000:]
+    assert "the collector refused the login (a wrong CHAP" in out, out[-5000:]
+    assert _as_found(host_state(esx), before)
+    assert _collector_traces(lab, work, case) == []
+    assert not os.path.exists(os.path.join(work, "collector", case))  # nothing was written to the LUN: not kept
+
+
+def test_a_vm_above_older_snapshots_is_refused_before_any_change(acquisition, lab, esx, ansible_playbook):
+    work, case = acquisition["work"], "case-esxi-iscsi-chain"
+    before = host_state(esx)
+    args = _args(work, case)
+    args[args.index(json.dumps({"esxi_acquire_vms": [VM]}))] = json.dumps({"esxi_acquire_vms": ["lab-snap-04"]})
+    result = ansible_playbook(PLAYBOOK, *args)
+    assert result.returncode != 0
+    assert "lie above older snapshots" in result.stdout and "vmcollect_transport=https" in result.stdout, \
+        result.stdout[-5000:]
+    assert host_state(esx) == before
+    assert _collector_traces(lab, work, case) == [] and not os.path.exists(os.path.join(work, "collector", case))

@@ -101,6 +101,14 @@ def guest_pause(session, datacenter, datastore, vm_folder, created):
     return round(micro / 1000.0, 3), "from the VM's vmware.log (Checkpoint_Unstun: vm stopped for %d us)" % micro
 
 
+def pause_of_snapshot(client, session, vmem, created, datacenter=None, datastores=None):
+    """(pause_ms or None, note) of the memory snapshot whose .vmem is ``vmem``: from the log beside it."""
+    if datacenter is None:
+        datacenter, datastores = host_names(client)
+    datastore, relative = split_source(vmem, datastores)
+    return guest_pause(session, datacenter, datastore, posixpath.dirname(relative), created)
+
+
 def companion_path(dest, extension):
     stem, dummy = posixpath.splitext(dest)
     return stem + extension
@@ -129,9 +137,8 @@ def copy_memory(params, check_mode=False):
         started = utc_now()
         vmem = fetch(params["vmem"], dest)
         vmsn = fetch(params["vmsn"], companion_path(dest, ".vmsn"))
-        datastore, relative = split_source(params["vmem"], datastores)
-        pause_ms, pause_note = guest_pause(session, datacenter, datastore, posixpath.dirname(relative),
-                                           snapshot.get("created"))
+        pause_ms, pause_note = pause_of_snapshot(client, session, params["vmem"], snapshot.get("created"),
+                                                 datacenter, datastores)
     vmsn.update(companion_of=dest, kind="memory_state", format="vmsn", method=METHOD)
     result = dict(vmem)
     result.update(

@@ -47,6 +47,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client imp
     vmodl,
     vsphere_errors,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.fetch import DEFAULT_REQUEST_TIMEOUT, ClientSession
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.memory import pause_of_snapshot
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.vm import (
     Layout,
     current_leaves,
@@ -300,6 +302,16 @@ def freeze(journal, client, name=None, uuid=None, memory=True, allow_disk_only=F
                      % desc["state"])
     if p["skipped"]:
         notes.append("Not frozen (accepted): %s." % ", ".join(d["target"] for d in p["skipped"]))
+    pause_ms, pause_note = None, None
+    if p["memory"] and mem and mem["vmem"]:
+        # ESXi stunned the guest while it saved the memory: how long is in the VM's vmware.log (read, never written)
+        try:
+            pause_ms, pause_note = pause_of_snapshot(client, ClientSession(client, DEFAULT_REQUEST_TIMEOUT),
+                                                     mem["vmem"]["path"], snapshot_time)
+        except InvalidInputError as exc:
+            # the freeze is made and journaled; an unknown pause is said, never guessed
+            pause_note = "the guest's pause is not known: %s" % exc.message
+    result.update(pause_ms=pause_ms, pause_note=pause_note)
     result.update(changed=True, frozen=frozen, memory=mem, snapshot_time=snapshot_time,
                   snapshot={"moref": ref, "name": name_, "id": node["id"], "created": node["created"],
                             "description": description},
