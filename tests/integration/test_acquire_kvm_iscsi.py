@@ -308,7 +308,7 @@ def test_a_vm_not_on_a_sealed_volume_is_refused_and_the_volume_stays_as_it_was(i
         subprocess.run(VIRSH + ["undefine", name], check=False, stdout=subprocess.DEVNULL)
         os.unlink(disk)
     assert result.returncode != 0
-    assert "evidence volume is sealed (mounted read-only), but it holds no evidence of %s" % name in result.stdout
+    assert "evidence volume is sealed (read-only), but it holds no evidence of %s" % name in result.stdout
     assert "Read-only file system" not in result.stdout
     assert _sha256(iscsi["backing"]) == iscsi["first_digest"]
     assert _host_traces(lab, iscsi["work"], CASE) == []
