@@ -231,3 +231,28 @@ def test_a_vm_above_older_snapshots_is_refused_before_any_change(acquisition, la
         result.stdout[-5000:]
     assert host_state(esx) == before
     assert _collector_traces(lab, work, case) == [] and not os.path.exists(os.path.join(work, "collector", case))
+
+
+def test_the_volume_holds_the_case_records_and_verifies_on_its_own(acquisition):
+    """The LUN holds the whole case folder: an examiner mounts its partition read-only and runs sha256sum -c there."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", acquisition["backing"]], check=True, stdout=subprocess.PIPE,
+                                      universal_newlines=True).stdout)["partitiontable"]
+    (part,) = table["partitions"]
+    sector = table.get("sectorsize", 512)
+    script = """set -euo pipefail
+LOOP=$(losetup --read-only --find --show --offset "$2" --sizelimit "$3" "$1")
+MNT=$(mktemp -d)
+trap 'umount "$MNT" 2>/dev/null; losetup -d "$LOOP"; rmdir "$MNT"' EXIT
+mount -o ro,noload "$LOOP" "$MNT"
+cd "$MNT/$4"
+sha256sum -c SHA256SUMS
+cmp manifest.json "$5" && cmp SHA256SUMS "$6" && echo RECORDS-EQUAL
+cd /
+"""
+    case_dir = acquisition["case_dir"]
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script, "read-volume",
+                             acquisition["backing"], str(part["start"] * sector), str(part["size"] * sector), CASE,
+                             os.path.join(case_dir, "manifest.json"), os.path.join(case_dir, "SHA256SUMS")],
+                            check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert result.returncode == 0 and "RECORDS-EQUAL" in result.stdout, result.stdout
+    assert result.stdout.count(": OK") == 3, result.stdout

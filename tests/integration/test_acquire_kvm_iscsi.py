@@ -266,7 +266,7 @@ def test_collector_refuses_a_volume_whose_manifest_differs_from_the_source(iscsi
     playbook.write_text(VERIFY_TAMPERED % {"case": CASE, "work": iscsi["work"], "artifacts": json.dumps(artifacts)})
     result = ansible_playbook(str(playbook))
     assert result.returncode != 0
-    assert "does not list the artifacts and digests the KVM host" in result.stdout and victim in result.stdout
+    assert "does not list the artifacts and digests that host" in result.stdout and victim in result.stdout
     assert "Unmount the backing file" in result.stdout
     loops = _out(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"])
     assert iscsi["backing"] not in loops  # the read-only loop device is gone again

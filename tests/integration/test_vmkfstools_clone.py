@@ -335,3 +335,40 @@ def test_6_the_case_teardown_keeps_the_completed_copies(sim, case):
     ok, r, out = ansible("vmkfstools_clone", clone_args(sim, case, files=[], changed_areas=None))
     assert not ok and "is not the one copied then" in r["msg"] and r["msg"].endswith("Nothing was changed."), out
     assert tree(local(sim, EVIDENCE)) == evidence_before
+
+
+def test_7_datastore_upload_writes_the_case_records_beside_the_copies_and_reads_them_back(sim, case, tmp_path):
+    """The case's records go into the folder the copies made on the evidence datastore; the same bytes again change
+    nothing; a different file is replaced only when asked; a datastore holding a VM, or a folder that does not exist,
+    is refused with nothing written."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"case_id": "clone-1"}\n')
+    dest = "[%s] clone-1/manifest.json" % EVIDENCE
+    there = local(sim, EVIDENCE, "clone-1/manifest.json")
+    args = dict(conn(sim), files=[{"src": str(manifest), "dest": dest}])
+    ok, r, out = ansible("datastore_upload", args, check=True)
+    assert ok and r["changed"] and r["files"][0]["state"] == "would write" and not os.path.exists(there), out
+    ok, r, out = ansible("datastore_upload", args)
+    assert ok and r["changed"] and r["files"][0]["state"] == "written", out
+    with open(there, "rb") as f:
+        assert f.read() == manifest.read_bytes()
+    assert r["files"][0]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    ok, r, out = ansible("datastore_upload", args)
+    assert ok and not r["changed"] and r["files"][0]["state"] == "unchanged", out
+    manifest.write_text('{"case_id": "clone-1", "grown": true}\n')
+    ok, r, out = ansible("datastore_upload", args)
+    assert not ok and "already holds a different file" in r["msg"] and "replace=true" in r["msg"], out
+    ok, r, out = ansible("datastore_upload", dict(args, replace=True))
+    assert ok and r["files"][0]["state"] == "replaced", out
+    with open(there, "rb") as f:
+        assert f.read() == manifest.read_bytes()
+    source_before = names(local(sim, "LocalDS_0"))
+    vm_folder = os.path.basename(case["vm"]["dir_local"])
+    ok, r, out = ansible("datastore_upload", dict(conn(sim), files=[{"src": str(manifest),
+                                                                     "dest": "[LocalDS_0] %s/manifest.json" % vm_folder}]))
+    assert not ok and "holds" in r["msg"] and "virtual machine(s)" in r["msg"], out
+    ok, r, out = ansible("datastore_upload", dict(conn(sim), files=[{"src": str(manifest),
+                                                                     "dest": "[%s] no-such-case/manifest.json" % EVIDENCE}]))
+    assert not ok and "does not exist" in r["msg"], out
+    assert names(local(sim, "LocalDS_0")) == source_before
+    assert not os.path.exists(local(sim, EVIDENCE, "no-such-case"))
