@@ -199,12 +199,15 @@ def test_independent_disk_is_refused_then_skipped_when_asked(acquisition, esx, a
                                            + ["-e", "esxi_acquire_unfrozen_disks=skip",
                                               "-e", json.dumps({"esxi_acquire_algorithms": ["sha512"]})]))
     assert skipped.returncode == 0, skipped.stdout[-5000:]
+    assert "NOT acquired, as asked: scsi0:1 (" in skipped.stdout, skipped.stdout[-3000:]
     case_dir = os.path.join(work, "ev-indep", "case-esxi-indep2")
     subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
     manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
     assert all(set(a["digests"]) == {"sha256", "sha512"} for a in manifest["artifacts"].values())
     targets = set(a.get("target") for a in manifest["artifacts"].values())
-    assert len(targets) == 1  # the independent disk is not acquired
+    assert len(targets) == 1  # the independent disk is not acquired, and the manifest says so, with the reason
+    (event,) = [e for e in manifest["events"] if e.get("kind") == "not_acquired"]
+    assert [d["target"] for d in event["disks"]] == ["scsi0:1"] and "independent" in event["disks"][0]["reason"]
     assert host_state(esx) == before
 
 
