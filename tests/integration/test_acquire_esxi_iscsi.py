@@ -185,6 +185,17 @@ def test_kill_after_the_datastore_is_made_then_one_teardown_restores_both_hosts(
     assert "only at the host's next reboot" in td.stdout, td.stdout[-5000:]
     assert _as_found(host_state(esx), before)
     assert _collector_traces(lab, work, case) == []
+    # the killed run wrote a VMFS volume onto the LUN: a rerun of the case is refused before any change, the volume kept
+    volume = os.path.join(work, "collector", case, "esx1.img")
+    digest = subprocess.run(["sha256sum", volume], check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+    after_teardown = host_state(esx)
+    again = ansible_playbook(PLAYBOOK, *_args(work, case, cjournal="journal"))
+    assert again.returncode != 0 and "of an earlier run of case %s for esx1 that did not finish" % case in again.stdout, \
+        again.stdout[-4000:]
+    assert "changed=0" in again.stdout.split("PLAY RECAP")[-1], again.stdout[-1500:]
+    assert host_state(esx) == after_teardown and _collector_traces(lab, work, case) == []
+    assert subprocess.run(["sha256sum", volume], check=True, stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout == digest
 
 
 def test_a_login_the_collector_refuses_fails_the_attach_and_leaves_both_hosts_clean(acquisition, lab, esx):
