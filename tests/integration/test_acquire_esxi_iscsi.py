@@ -244,12 +244,15 @@ def test_a_vm_above_older_snapshots_is_refused_before_any_change(acquisition, la
     assert _collector_traces(lab, work, case) == [] and not os.path.exists(os.path.join(work, "collector", case))
 
 
-def test_the_volume_holds_the_case_records_and_verifies_on_its_own(acquisition):
-    """The LUN holds the whole case folder: an examiner mounts its partition read-only and runs sha256sum -c there."""
+def test_the_volume_holds_the_case_and_opens_as_an_examiner_opens_it(acquisition, esx):
+    """The LUN holds the whole case folder: an examiner mounts its partition read-only, runs sha256sum -c there, reads
+    the cloned disk with Sleuthkit (the known files) and the .vmem with its .vmsn with Volatility 3."""
     table = json.loads(subprocess.run(["sfdisk", "--json", acquisition["backing"]], check=True, stdout=subprocess.PIPE,
                                       universal_newlines=True).stdout)["partitiontable"]
     (part,) = table["partitions"]
     sector = table.get("sectorsize", 512)
+    disk = esx["vms"][VM]["disks"][0]
+    offset = disk["partition_offset"] // 512
     script = """set -euo pipefail
 LOOP=$(losetup --read-only --find --show --offset "$2" --sizelimit "$3" "$1")
 MNT=$(mktemp -d)
@@ -258,12 +261,22 @@ mount -o ro,noload "$LOOP" "$MNT"
 cd "$MNT/$4"
 sha256sum -c SHA256SUMS
 cmp manifest.json "$5" && cmp SHA256SUMS "$6" && echo RECORDS-EQUAL
+flat=$(ls */disks/*-flat.vmdk)
+shift 6
+for known in "$@"; do
+  echo "FILE $known $(icat -o %d "$flat" "$(ifind -o %d -n "$known" "$flat")" | sha256sum | cut -d' ' -f1)"
+done
+"%s" -q -f */memory-snapshot.vmem banners.Banners | tail -n 2
 cd /
-"""
+""" % (offset, offset, os.path.join(VENV_BIN, "vol"))
     case_dir = acquisition["case_dir"]
+    known = dict((k["path"].lstrip("/"), k["sha256"]) for k in disk["known_files"])
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script, "read-volume",
                              acquisition["backing"], str(part["start"] * sector), str(part["size"] * sector), CASE,
-                             os.path.join(case_dir, "manifest.json"), os.path.join(case_dir, "SHA256SUMS")],
-                            check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+                             os.path.join(case_dir, "manifest.json"), os.path.join(case_dir, "SHA256SUMS")]
+                            + sorted(known), check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, timeout=600)
     assert result.returncode == 0 and "RECORDS-EQUAL" in result.stdout, result.stdout
     assert result.stdout.count(": OK") == 3, result.stdout
+    assert dict(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("FILE ")) == known
+    assert esx["content"]["ram_banner"][:40] in result.stdout, result.stdout[-2000:]
