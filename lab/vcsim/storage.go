@@ -11,7 +11,8 @@
 // BEHAVIOUR-storage.md.
 //
 // Files: storage.go (set-up, per-host state, labstore runner), storage_iscsi.go
-// (HostStorageSystem), storage_vmfs.go (HostDatastoreSystem, datastores).
+// (HostStorageSystem), storage_vmfs.go (HostDatastoreSystem, datastores), storage_partinfo.go
+// (RetrieveDiskPartitionInfo: a LUN's partition table read through a read-only export).
 package main
 
 import (

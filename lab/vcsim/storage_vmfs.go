@@ -262,16 +262,6 @@ func (hs *hostStorage) createVmfs(ctx *simulator.Context, l *iscsiLun, part type
 		return none, fmt.Errorf("lab: the storage extension cannot create datastores here (missing: %s)", strings.Join(ls.missing, ", "))
 	}
 	path := l.paths[0]
-	var st *sendTarget
-	for _, s := range hs.sendTgts {
-		if s.portal() == path.sendTarget {
-			st = s
-		}
-	}
-	auth := hs.auth
-	if st != nil {
-		auth = hs.effectiveAuth(st)
-	}
 	uuid := newVmfsUUID()
 	d := &vmfsDatastore{
 		id: "vmfs-" + uuid, uuid: uuid, name: spec.Vmfs.VolumeName, disk: l.canonical, partition: part.Partition,
@@ -282,21 +272,13 @@ func (hs *hostStorage) createVmfs(ctx *simulator.Context, l *iscsiLun, part type
 		"--initiator", hs.iscsiName,
 		"--start-sector", strconv.FormatInt(part.StartSector, 10), "--end-sector", strconv.FormatInt(part.EndSector, 10),
 		"--sector-size", strconv.Itoa(int(l.BlockSize)), "--label", d.name, "--mountpoint", d.mountpoint}
-	if auth.enabled && auth.name != "" && auth.level != string(types.HostInternetScsiHbaChapAuthenticationTypeChapProhibited) {
+	if auth := hs.pathAuth(path); auth != nil {
 		// qemu-storage-daemon reads the secret from a 0600 file in the 0700 state folder, removed right after
 		secretFile := filepath.Join(ls.stateDir, d.id+".secret")
-		f, err := os.OpenFile(secretFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		if err := writeSecretFile(secretFile, auth.secret); err != nil {
 			return none, err
-		}
-		_, err = f.WriteString(auth.secret)
-		if cerr := f.Close(); err == nil {
-			err = cerr
 		}
 		defer os.Remove(secretFile)
-		if err != nil {
-			return none, err
-		}
 		args = append(args, "--user", auth.name, "--secret-file", secretFile)
 	}
 	t0 := time.Now()

@@ -12,8 +12,9 @@ e.g. LAB_DIR=/var/tmp/e-lab, to keep away from a shared lab) inside the ESXi nam
 127.0.0.1 that the modules connect through (pinned thumbprint). Everything started is stopped at the end and checked
 gone. Module arguments go to ansible-playbook in a 0600 playbook file, never on a command line.
 
-The target offers four LUNs with distinct serials (tgt's scsi_sn/scsi_id): two of 64 MiB (so a size alone is
-ambiguous), one of 48 MiB and one of 32 MiB (the vCenter test's). What teardown must restore is compared property by
+The target offers five LUNs with distinct serials (tgt's scsi_sn/scsi_id): two of 64 MiB (so a size alone is
+ambiguous), one of 48 MiB, one of 40 MiB (the earlier case's VMFS that is never formatted again) and one of 32 MiB (the
+vCenter test's). What teardown must restore is compared property by
 property (software iSCSI flag, adapter CHAP, send and static targets, iSCSI disks, VMFS mounts, the host's and the
 datacenter's datastores); the adapter itself stays once made, as on ESXi until a reboot, which the undo says. A second
 simulator in vCenter mode (same namespace, port 444) shows that only the host named by esxi_hostname is changed.
@@ -22,6 +23,7 @@ Takes ~50-100 s once vcsim is built.
 What the lab's simulator does not do is tolerated only where a comment starting with "SIMULATOR:" says so.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -36,7 +38,7 @@ import pytest
 
 import storage_bed
 from conftest import VENV_BIN, journal_records, localhost_ansible
-from storage_bed import VMFS_GUID, debugfs_cat, gpt
+from storage_bed import VMFS_GUID, attached, debugfs_cat, gpt
 from vcsim_helpers import NEEDS_BUILD, build
 
 pyVmomi = pytest.importorskip("pyVmomi")
@@ -53,7 +55,7 @@ CHAP_USER = "esxi-%s" % TAG
 MIB = 1 << 20
 # lun number -> (size, serial, scsi_id)
 LUNS = {n: (size, "EISD%d%05d" % (n, os.getpid() % 100000), "EISDID%d%05d" % (n, os.getpid() % 100000))
-        for n, size in ((1, 64 * MIB), (2, 64 * MIB), (3, 48 * MIB), (4, 32 * MIB))}
+        for n, size in ((1, 64 * MIB), (2, 64 * MIB), (3, 48 * MIB), (4, 32 * MIB), (5, 40 * MIB))}
 MODULE = "esxi_iscsi_datastore"
 
 pytestmark = [storage_bed.NEEDS_ROOT, NEEDS_BUILD, storage_bed.NEEDS_TOOLS]
@@ -293,8 +295,10 @@ def test_present_attaches_writes_land_on_the_lun_rerun_is_idempotent_teardown_re
     assert r["chap"] == {"scope": "send_target", "name": CHAP_USER, "level": "chapRequired"}
     assert r["send_target"] == {"address": COLL_STOR, "port": 3260, "portal": "%s:3260" % COLL_STOR}
     assert [c.split(" ")[0] for c in r["changes"]] == ["enabled", "added", "set", "rescanned", "made"], r["changes"]
-    # SIMULATOR: the lab has no RetrieveDiskPartitionInfo: the blank check is noted, not made
-    assert "cannot list the LUN's partitions" in r["note"]
+    # the host listed the LUN's partitions before it formatted it: none (the lab reads the table read-only)
+    assert "partitions" not in r["note"]
+    assert re.search(r"RetrieveDiskPartitionInfo %s: unknown, no partitions \(read through a read-only export"
+                     % re.escape(lun["canonical_name"]), bed.log_text())
     journal = journal_path(journal_dir, "case-d")
     changes = [x for x in journal_records(journal) if x.get("kind") == "change" and x["action"] != "module.running"]
     assert [x["action"] for x in changes] == ["vsphere.iscsi_adapter", "vsphere.iscsi_send_target",
@@ -335,7 +339,7 @@ def test_present_attaches_writes_land_on_the_lun_rerun_is_idempotent_teardown_re
     # SIMULATOR: no DetachScsiLun in govmomi 0.24.2: the LUN goes with its send target
     assert "cannot detach the LUN (DetachScsiLun: MethodNotFound)" in results["vsphere.vmfs_datastore"]
     gone = re.search(r"the LUN\(s\) (.*) are gone", results["vsphere.iscsi_send_target"]).group(1).split(", ")
-    assert lun["canonical_name"] in gone and len(gone) == len(LUNS)  # the target's three LUNs
+    assert lun["canonical_name"] in gone and len(gone) == len(LUNS)  # all the target's LUNs
     assert bed.state() == (before, adapter)
     # the evidence stays on the LUN: the VMFS-typed partition and the files, read from tgt's backing file
     assert gpt(bed.backing[1]) == [(2048, LUNS[1][0] // 512 - 34 - 2048 + 1, VMFS_GUID)]
@@ -406,6 +410,56 @@ def test_state_absent_undoes_the_case_now_and_teardown_finds_nothing_left(bed, j
     assert ok and td["removed"] and td["undone"] == [], out
     assert bed.state() == (before, adapter)
     assert gpt(bed.backing[3])[0][2] == VMFS_GUID
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_a_lun_holding_an_earlier_cases_vmfs_is_never_formatted_again(bed, journal_dir):
+    """Case G makes its datastore on LUN 5 and state=absent releases it (unmounted, the volume kept on the LUN); case H,
+    given the same LUN (same size and serial), is refused: the host lists the LUN's VMFS partition, and nothing of the
+    LUN changes (tgt's backing file hashed before and after; the GPT and the stand-in's files read from it)."""
+    t0 = time.monotonic()
+    before, adapter = bed.state()
+    ok, r, out = play(bed, MODULE, present_args(bed, journal_dir, "case-g", 5, "dfir-case-g"))
+    assert ok and r["changed"] and r["lun"]["serial"] == LUNS[5][1], out
+    lun = r["lun"]["canonical_name"]
+    payload = ("evidence of case G %s\n" % TAG).encode() * 100
+    bed.put_file("dfir-case-g", "case-g/vm1.vmdk", payload)
+    ok, r, out = play(bed, MODULE, dict(bed.conn(), state="absent", case_id="case-g", journal_dir=journal_dir))
+    assert ok and r["changed"] and r["undone"][0]["result"].startswith("unmounted the VMFS datastore 'dfir-case-g'"), out
+    assert bed.state() == (before, adapter)
+    end = LUNS[5][0] // 512 - 34
+    assert gpt(bed.backing[5]) == [(2048, end - 2048 + 1, VMFS_GUID)]
+    digest = sha256(bed.backing[5])
+
+    ok, r, out = play(bed, MODULE, present_args(bed, journal_dir, "case-h", 5, "dfir-case-h"))
+    assert not ok and r["changed"] is True, out
+    msg = r["msg"]
+    assert msg.startswith(
+        "The LUN %s holds partition 1 (vmfs, sectors 2048-%d) already (a VMFS of an earlier run?); it is never formatted "
+        "again. No datastore was made and nothing was formatted: mount what it holds by hand after checking it, or give "
+        "the collector a new LUN. The changes made so far (" % (lun, end)), msg
+    assert "run teardown for the case (with the vSphere connection) to undo them." in msg
+    # the host read the LUN's table through a read-only export, and stopped it again
+    assert re.search(r"RetrieveDiskPartitionInfo %s: gpt, partitions \[1 vmfs 2048-%d\] \(read through a read-only "
+                     r"export" % (re.escape(lun), end), bed.log_text())
+    state, _a = bed.state()
+    assert "dfir-case-h" not in state["all_datastores"] and attached(bed.esx.state_dir) == []
+    ok, td, out = teardown(bed, journal_dir, "case-h")
+    assert ok and td["removed"], out
+    assert [u["action"] for u in td["undone"] if u["action"] != "module.running"] == \
+        ["vsphere.iscsi_send_target", "vsphere.iscsi_adapter"]
+    assert bed.state() == (before, adapter)
+    assert sha256(bed.backing[5]) == digest
+    assert gpt(bed.backing[5]) == [(2048, end - 2048 + 1, VMFS_GUID)]
+    assert debugfs_cat(bed.backing[5], 2048 * 512, "/case-g/vm1.vmdk") == payload
+    print("earlier case's VMFS refused: %.1f s" % (time.monotonic() - t0))
 
 
 # -- through a vCenter --------------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ and marked applied after:
 4. the LUN: the one disk reached through that portal whose capacity is ``size_bytes`` exactly and, when given,
    whose serial number (tgt's ``scsi_sn``) and canonical name match. Never another disk: none or several is a
    sentence listing what was seen; the changes made so far stay journaled (teardown undoes them). A LUN that
-   holds a datastore or partitions already is never formatted.
+   holds a datastore or partitions already is never formatted, nor one whose partitions the host cannot list
+   (RetrieveDiskPartitionInfo: a fault, or no partition table of that LUN in the answer): it is never formatted
+   without knowing that it is blank.
 5. a VMFS datastore on the whole LUN (QueryVmfsDatastoreCreateOptions + CreateVmfsDatastore,
    ``vsphere.vmfs_datastore``); a datastore of that name elsewhere is refused before any change, one on that
    LUN is reported as it is (idempotent).
@@ -51,8 +53,8 @@ the journal. The journal lives where the module runs (the controller).
 
 Limits: the software adapter outlives the undo until a reboot (ESXi); a CHAP secret the adapter had before is
 never overwritten (the fallback refuses), but one that a journal record says was set cannot be written back; a
-host without RetrieveDiskPartitionInfo (the lab's simulator) cannot show that the LUN is blank, which the result
-notes; a host without DetachScsiLun or DeleteScsiLunState (the lab's simulator) leaves the LUN to the send target's
+host that cannot list a LUN's partitions (RetrieveDiskPartitionInfo) gets no datastore on it (refused, nothing
+formatted); a host without DetachScsiLun or DeleteScsiLunState (the lab's simulator) leaves the LUN to the send target's
 removal, said in the undo's sentence; a CreateVmfsDatastore still running on the host when teardown looks (a
 module killed during the call) is waited for only as far as the host serializes its storage calls (ESXi and the
 lab do), and a datastore found mounted on a LUN of the send target stops the send target's undo with a sentence.
@@ -686,26 +688,41 @@ class _Run(object):
                            % (want, where, seen, also))
 
     def check_blank(self, host, lun):
-        """Refuse a LUN that holds partitions (a VMFS of an earlier run is never formatted again). A host without
-        RetrieveDiskPartitionInfo is noted."""
+        """Refuse a LUN that holds partitions (a VMFS of an earlier run is never formatted again), and a LUN whose
+        partitions the host cannot list (a fault of RetrieveDiskPartitionInfo, whatever it is, or an answer without
+        the LUN's partition table): it is never formatted without knowing that it is blank."""
         try:
             infos = host.ss.RetrieveDiskPartitionInfo(devicePath=[lun["device_path"]])
         except vmodl.MethodFault as exc:
-            if not _is_fault(exc, UNSUPPORTED):
-                raise
-            self.notes.append("%s cannot list the LUN's partitions (RetrieveDiskPartitionInfo: %s), so it was not "
-                              "checked that the LUN held none before it was formatted."
-                              % (self.client.where, fault_name(exc)))
-            return
+            raise VsphereError(self.blind("%s cannot list the partitions of the LUN %s (RetrieveDiskPartitionInfo: %s)"
+                                          % (self.client.where, lun["canonical_name"], _fault_text(exc)), lun))
+        names = (lun["device_path"], lun["canonical_name"])
+        mine = [i for i in infos or [] if getattr(i, "deviceName", None) in names
+                or (getattr(i, "deviceName", None) or "").endswith("/" + lun["canonical_name"])]
+        specs = [i.spec for i in mine if getattr(i, "spec", None) is not None]
+        if not specs:
+            answered = sorted(set(getattr(i, "deviceName", None) or "(no device name)" for i in infos or []))
+            raise VsphereError(self.blind(
+                "%s answered RetrieveDiskPartitionInfo for the LUN %s without its partition table (%s)"
+                % (self.client.where, lun["canonical_name"], "it answered for %s" % ", ".join(answered) if answered
+                   else "it answered nothing"), lun))
         parts = []
-        for part_info in infos or []:
-            for p in getattr(getattr(part_info, "spec", None), "partition", None) or []:
-                parts.append("%d (%s, sectors %d-%d)" % (p.partition, p.type, p.startSector, p.endSector))
+        for spec in specs:
+            for p in getattr(spec, "partition", None) or []:
+                parts.append("%s (%s, sectors %s-%s)" % (p.partition, p.type, p.startSector, p.endSector))
         if parts:
             raise VsphereError("The LUN %s holds partition%s %s already (a VMFS of an earlier run?); it is never "
-                               "formatted again. No datastore was made: mount what it holds by hand after checking it, "
-                               "or give the collector a new LUN." % (lun["canonical_name"], "s" if len(parts) > 1
-                                                                     else "", ", ".join(parts)))
+                               "formatted again. No datastore was made and nothing was formatted: mount what it holds "
+                               "by hand after checking it, or give the collector a new LUN."
+                               % (lun["canonical_name"], "s" if len(parts) > 1 else "", ", ".join(parts)))
+
+    @staticmethod
+    def blind(why, lun):
+        """The refusal of a LUN whose partitions could not be listed: ``why`` and what it means."""
+        return ("%s, so it is not known to be blank. It may hold the evidence of an earlier run (the VMFS volume of a "
+                "released or killed case), and a LUN is never formatted without knowing that it is blank: no datastore "
+                "was made and nothing was formatted. Look at it on the host (partedUtil getptbl "
+                "/vmfs/devices/disks/%s), or give the collector a new LUN." % (why, lun["canonical_name"]))
 
     # -- 5. the datastore -----------------------------------------------------------------------------------------
     def create_datastore(self, host, lun, name, address, port):

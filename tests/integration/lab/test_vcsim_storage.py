@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import http.client
 import os
 import re
@@ -241,6 +242,84 @@ def test_wrong_secret_iqn_or_address_gives_no_lun(bed):
     bed.send_target(NOWHERE, add=False)
     bed.configure()
     assert len(bed.iscsi_disks()) == 1
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_retrieve_disk_partition_info_reads_the_lun_read_only(bed):
+    """RetrieveDiskPartitionInfo, straight through pyVmomi: the LUN's real partition table, read through a read-only
+    export (or the export of the lab's datastore on it), as ESXi names it; tgt's backing file never changes."""
+    from pyVmomi import vim
+    t0 = time.time()
+    bed.configure()
+    disk = bed.iscsi_disks()[0]
+    sectors = LUN_BYTES // 512
+    blank = digest(bed.backing)
+
+    def peeks():
+        """What is left of the read-only exports: their files, their qemu-storage-daemon."""
+        left = [n for n in os.listdir(bed.state_dir) if n.startswith("peek-")]
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    argv = f.read()
+            except OSError:
+                continue
+            if b"qemu-storage-daemon" in argv.split(b"\0")[0] and b"/peek-" in argv:
+                left.append(pid)
+        return left
+
+    def info():
+        started = time.time()
+        (got,) = bed.ss.RetrieveDiskPartitionInfo([disk.devicePath])
+        assert peeks() == []  # the read-only export is stopped again
+        assert got.deviceName == disk.devicePath and got.spec.totalSectors == sectors
+        assert (got.spec.chs.cylinder, got.spec.chs.head, got.spec.chs.sector) == (sectors // (255 * 63), 255, 63)
+        assert (got.layout.total.block, got.layout.total.blockSize) == (sectors, 512)
+        print("RetrieveDiskPartitionInfo: %.1f s" % (time.time() - started))
+        return got
+
+    # a blank LUN (all zeros): no partition table, no partitions
+    got = info()
+    assert got.spec.partitionFormat == "unknown" and not got.spec.partition and not got.layout.partition
+    assert attached(bed.state_dir) == [] and digest(bed.backing) == blank
+    assert "RetrieveDiskPartitionInfo %s: unknown, no partitions (read through a read-only export" % \
+        disk.canonicalName in bed.log_text()
+    # a path that is no disk of the host
+    with pytest.raises(vim.fault.NotFound):
+        bed.ss.RetrieveDiskPartitionInfo([disk.devicePath, "/vmfs/devices/disks/naa.60000000000000000000000000000bad"])
+
+    # an MBR written behind the host's back (tgt reads its backing file anew): ESXi's names and logical partitions
+    storage_bed.run("sfdisk", "-q", bed.backing, input="label: dos\nstart=2048, size=8192, type=83\n"
+                    "start=10240, size=20480, type=5\nstart=12288, size=4096, type=82\n")
+    mbr = digest(bed.backing)
+    got = info()
+    assert got.spec.partitionFormat == "mbr"
+    assert [(p.partition, p.type, p.startSector, p.endSector, p.logical, p.guid) for p in got.spec.partition] == [
+        (1, "linuxNative", 2048, 10239, False, None), (2, "extended", 10240, 30719, False, None),
+        (5, "linuxSwap", 12288, 16383, True, None)]
+    assert digest(bed.backing) == mbr
+
+    # the lab's VMFS stand-in, mounted (read from its datastore's export), then unmounted (a read-only export)
+    ds = bed.create_datastore("lab-parts-" + TAG)
+    end = sectors - 34
+    for state in ("mounted", "unmounted"):
+        got = info()
+        assert got.spec.partitionFormat == "gpt", state
+        assert [(p.partition, p.type, p.guid, p.startSector, p.endSector, p.logical) for p in got.spec.partition] == \
+            [(1, "vmfs", VMFS_GUID.replace("-", ""), 2048, end, False)], state
+        assert [(r.partition, r.type, r.start.block, r.end.block) for r in got.layout.partition] == \
+            [(1, "vmfs", 2048, end)], state
+        if state == "mounted":
+            assert "(read from the export of its datastore lab-parts-%s" % TAG in bed.log_text()
+            bed.ss.UnmountVmfsVolume(ds.info.vmfs.uuid)
+            vmfs = digest(bed.backing)
+    assert attached(bed.state_dir) == [] and digest(bed.backing) == vmfs
+    assert gpt(bed.backing) == [(2048, end - 2048 + 1, VMFS_GUID)]
+    print("test: %.1f s" % (time.time() - t0))
 
 
 def test_vmfs_datastore_on_the_lun(bed):

@@ -5,7 +5,8 @@ answers as ESXi documents it: the steps and their journal records, every refusal
 with the changes made so far named where it cannot), CHAP on the send target with the fallback to the adapter and its
 limits, never another disk, never a LUN formatted twice, check mode, and the undo: its order, UnmountVmfsVolume and
 never RemoveDatastore, CHAP put back as recorded, the adapter's flag. Hosts that lack a call (the lab's simulator:
-DetachScsiLun, DeleteScsiLunState, RetrieveDiskPartitionInfo) are covered too."""
+DetachScsiLun, DeleteScsiLunState) are covered too, and a host that cannot list a LUN's partitions
+(RetrieveDiskPartitionInfo faults, or answers without them): never formatted blind."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -145,14 +146,18 @@ class Host(object):
         self.rescan()
 
     def do_RetrieveDiskPartitionInfo(self, a):  # noqa: N802 pylint: disable=invalid-name
-        if not self.caps["partition_info"]:
+        answer = self.caps["partition_info"]
+        if answer is False:
             raise vmodl.fault.MethodNotFound(msg="RetrieveDiskPartitionInfo")
+        if callable(answer):
+            return answer(a["devicePath"])
         out = []
         for path in a["devicePath"]:
             parts = [vim.host.DiskPartitionInfo.Partition(partition=n, type="vmfs", startSector=2048, endSector=9)
                      for n in self.partitions.get(path.rsplit("/", 1)[-1], [])]
+            # a blank disk: partitionFormat "unknown" and no partitions
             out.append(vim.host.DiskPartitionInfo(deviceName=path, spec=vim.host.DiskPartitionInfo.Specification(
-                partition=parts)))
+                partitionFormat="gpt" if parts else "unknown", partition=parts)))
         return out
 
     def do_QueryVmfsDatastoreCreateOptions(self, a):  # noqa: N802 pylint: disable=invalid-name
@@ -631,10 +636,69 @@ def test_a_lun_with_partitions_or_a_datastore_is_never_formatted(journal):
         present(journal, FakeClient(host))
 
 
-def test_a_host_that_cannot_list_partitions_is_noted(journal):
-    host = Host(partition_info=False)
+BLIND = ("so it is not known to be blank. It may hold the evidence of an earlier run (the VMFS volume of a released "
+         "or killed case), and a LUN is never formatted without knowing that it is blank: no datastore was made and "
+         "nothing was formatted. Look at it on the host (partedUtil getptbl "
+         "/vmfs/devices/disks/naa.60000000000000000000000000000001), or give the collector a new LUN.")
+
+
+@pytest.mark.parametrize("fault, said", [
+    (None, "MethodNotFound: RetrieveDiskPartitionInfo"),  # the lab's simulator before it had the call
+    (vmodl.fault.NotSupported(msg="not here"), "NotSupported: not here"),
+    (vim.fault.NotFound(msg="no such disk"), "NotFound: no such disk"),
+    (vim.fault.HostConfigFault(msg="cannot read it"), "HostConfigFault: cannot read it"),
+    (vmodl.fault.SystemError(reason="I/O error"), "SystemError"),
+])
+def test_a_lun_whose_partitions_cannot_be_listed_is_never_formatted(journal, fault, said):
+    def answer(paths):
+        raise fault
+
+    host = Host(partition_info=answer if fault is not None else False)
+    with pytest.raises(VsphereError) as err:
+        present(journal, FakeClient(host))
+    msg = err.value.message
+    assert msg.startswith("esxi1 cannot list the partitions of the LUN naa.60000000000000000000000000000001 "
+                          "(RetrieveDiskPartitionInfo: %s" % said), msg
+    assert ("), " + BLIND) in msg
+    # the changes made so far are said, for teardown
+    assert "The changes made so far (enabled software iSCSI" in msg and "run teardown for the case" in msg
+    assert err.value.details["changed"] is True
+    assert "QueryVmfsDatastoreCreateOptions" not in host.calls and "CreateVmfsDatastore" not in host.calls
+    assert host.volumes == {} and host.partitions == {}
+    assert [a for a, _s in changes(journal)] == ["vsphere.iscsi_adapter", "vsphere.iscsi_send_target"]
+
+
+def _other_disk(paths):
+    return [vim.host.DiskPartitionInfo(deviceName="/vmfs/devices/disks/naa.6999",
+                                       spec=vim.host.DiskPartitionInfo.Specification(partitionFormat="unknown"))]
+
+
+@pytest.mark.parametrize("answer, said", [
+    (lambda paths: [], "it answered nothing"),
+    (lambda paths: None, "it answered nothing"),
+    (_other_disk, "it answered for /vmfs/devices/disks/naa.6999"),
+    (lambda paths: [vim.host.DiskPartitionInfo(deviceName=paths[0])], "it answered for /vmfs/devices/disks/naa.6000"),
+])
+def test_an_answer_without_the_luns_partition_table_is_never_formatted(journal, answer, said):
+    host = Host(partition_info=answer)
+    with pytest.raises(VsphereError) as err:
+        present(journal, FakeClient(host))
+    msg = err.value.message
+    assert msg.startswith("esxi1 answered RetrieveDiskPartitionInfo for the LUN naa.60000000000000000000000000000001 "
+                          "without its partition table (%s" % said), msg
+    assert BLIND in msg
+    assert "QueryVmfsDatastoreCreateOptions" not in host.calls and "CreateVmfsDatastore" not in host.calls
+
+
+def test_a_blank_lun_named_by_canonical_name_or_path_is_formatted(journal):
+    def blank(paths):  # a host that names the disk by its canonical name
+        return [vim.host.DiskPartitionInfo(deviceName=p.rsplit("/", 1)[-1], spec=vim.host.DiskPartitionInfo.Specification(
+            partitionFormat="unknown", totalSectors=131072)) for p in paths]
+
+    host = Host(partition_info=blank)
     r = present(journal, FakeClient(host))
-    assert "cannot list the LUN's partitions (RetrieveDiskPartitionInfo: MethodNotFound)" in r["note"]
+    assert r["changed"] and r["datastore"]["name"] == "dfir-case-1" and "CreateVmfsDatastore" in host.calls
+    assert "partitions" not in r["note"]
 
 
 def test_a_datastore_of_that_name_elsewhere_is_refused_before_any_change(journal):
