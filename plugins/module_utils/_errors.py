@@ -105,3 +105,23 @@ class VsphereConnectionError(VsphereError):
 
 class VmNotFoundError(VsphereError):
     """No VM (or more than one) matches the name or UUID given on the ESXi host or vCenter."""
+
+
+class SshError(VmcollectError):
+    """An SSH server (an ESXi host's) failed a command, or a command wrote more than the client keeps."""
+
+
+class SshConnectionError(SshError):
+    """An SSH server cannot be reached, does not speak SSH, or refused the login."""
+
+
+class SshHostKeyError(SshConnectionError):
+    """An SSH server's host key is unknown, changed, revoked or not the pinned one; no credential was sent."""
+
+
+class SshTimeout(SshError):
+    """A command over SSH did not end within its timeout (it was stopped on the host where possible)."""
+
+
+class SshCommandError(SshError):
+    """A command over SSH ended with a non-zero exit code."""
