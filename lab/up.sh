@@ -363,7 +363,7 @@ kvm1 ansible_host=$KVM_MGMT_ADDR lab_netns=$NS_KVM lab_hostname=$NS_KVM storage_
 
 # the simulated ESXi host, reached through its API from this controller (playbooks/acquire_esxi.yml)
 [esxi_hosts]
-$ESX_NAME ansible_host=$ESX_MGMT_ADDR esxi_acquire_username=$esx_user esxi_acquire_password=$esx_password esxi_acquire_ca_file=$esx_cert vmcollect_storage_address=$ESX_STOR_ADDR vmcollect_initiator_iqn=$esx_iqn vmcollect_collector_address=$COLL_ESX_STOR_ADDR
+$ESX_NAME ansible_host=$ESX_MGMT_ADDR ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}" esxi_acquire_username=$esx_user esxi_acquire_password=$esx_password esxi_acquire_ca_file=$esx_cert vmcollect_storage_address=$ESX_STOR_ADDR vmcollect_initiator_iqn=$esx_iqn vmcollect_collector_address=$COLL_ESX_STOR_ADDR
 
 [collectors]
 collector1 ansible_host=$COLL_MGMT_ADDR lab_netns=$NS_COLL lab_hostname=$NS_COLL storage_address=$COLL_STOR_ADDR storage_peer_address=$KVM_STOR_ADDR vmcollect_storage_address=$COLL_STOR_ADDR esx_storage_address=$COLL_ESX_STOR_ADDR esx_storage_peer_address=$ESX_STOR_ADDR
