@@ -280,3 +280,17 @@ cd /
     assert result.stdout.count(": OK") == 3, result.stdout
     assert dict(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("FILE ")) == known
     assert esx["content"]["ram_banner"][:40] in result.stdout, result.stdout[-2000:]
+
+
+def test_an_inventory_iqn_that_is_not_the_adapters_is_refused_and_the_host_restored(acquisition, lab, esx,
+                                                                                    ansible_playbook):
+    """The adapter's name is known only once software iSCSI is on (a change): a wrong vmcollect_initiator_iqn is refused
+    right then, and what the run changed on the host (software iSCSI, the case lock) is undone before it says so."""
+    work, case = acquisition["work"], "case-esxi-iscsi-iqn"
+    before = host_state(esx)
+    result = ansible_playbook(PLAYBOOK, *_args(work, case), "-e", "vmcollect_initiator_iqn=iqn.1998-01.com.vmware:other")
+    assert result.returncode != 0
+    assert "vmcollect_initiator_iqn of esx1 is iqn.1998-01.com.vmware:other, but the host's software iSCSI adapter" \
+        in result.stdout and "was undone" in result.stdout, result.stdout[-5000:]
+    assert _as_found(host_state(esx), before)
+    assert _collector_traces(lab, work, case) == [] and not os.path.exists(os.path.join(work, "collector", case))
