@@ -24,6 +24,8 @@ APT_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev
   # the ESXi tests read the acquired disks as an examiner would (mmls, fls, icat)
   sleuthkit
+  # the collector reads a real ESXi datastore (VMFS) read-only through FUSE: vmfs6-fuse (VMFS 6), vmfs-fuse (VMFS 5)
+  vmfs6-tools vmfs-tools
   # building the venv (libvirt-python compiles against libvirt-dev) and sanity's shellcheck
   python3 python3-venv python3-dev gcc pkg-config libvirt-dev git make shellcheck
 )

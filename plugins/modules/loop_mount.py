@@ -17,16 +17,32 @@ description:
     C(losetup --read-only) and mounts its filesystem read-only without journal recovery (C(noload) for
     ext3/ext4, C(norecovery) for xfs). The kernel refuses every write to a read-only loop device, so not
     a byte of the image can change.
-  - Every step is journaled; O(state=absent) or M(dfir.vmcollect.teardown) unmounts, detaches the loop
-    device and removes the folders it created.
+  - A VMFS volume (an ESXi host's datastore) is recognised by its own headers - the LVM device header at 1 MiB of the
+    partition (magic C(0xC001D00D), whose major version is the VMFS version) and the filesystem descriptor 2 MiB into
+    the volume (magic C(0x2FABF15E)) - and mounted read-only through FUSE on the read-only loop device, with
+    C(vmfs6-fuse) (package vmfs6-tools) for VMFS 6 or C(vmfs-fuse) (package vmfs-tools) for VMFS 5, given
+    C(-o ro,blkdev), which makes it a C(fuseblk) mount of the loop device. Both readers refuse to open VMFS 5 and 6
+    read-write.
+  - Every step is journaled, the FUSE daemon of a VMFS volume as a process at work; O(state=absent) or
+    M(dfir.vmcollect.teardown) unmounts (teardown stops the FUSE daemon first, which unmounts as it ends), detaches
+    the loop device and removes the folders it created.
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
+requirements:
+  - vmfs6-tools (VMFS 6) or vmfs-tools (VMFS 5) on the host, for a VMFS volume only
+  - the kernel's FUSE (C(/dev/fuse)), for a VMFS volume only
 options:
   image:
     description:
       - Absolute path of the disk image - a regular file holding a filesystem, or a GPT with one partition that holds it
         (an ESXi host's datastore LUN); then the loop device covers that partition only.
-      - A VMFS volume is refused (reading VMFS needs vmfs6-fuse, which this collection does not use yet).
+      - A VMFS 6 volume needs C(vmfs6-fuse) on the host, a VMFS 5 volume C(vmfs-fuse); a missing reader is refused
+        before anything changes, naming its package. Any other volume (VMFS-L, VMFS 3 or another version, a VMFS header
+        without its filesystem descriptor, as on a further extent of a datastore spanning several LUNs) is refused and
+        never mounted as something else.
+      - The readers are not ESXi. Checked on ESXi-made volumes, vmfs6-fuse 0.2.1 read a block of a thin disk with
+        pointer blocks (69 GiB, at 42 GiB) as zeros, and vmfs-fuse 0.2.5 a block of a 42 TiB disk at 117 GiB; a file
+        read wrong does not match the digests taken at the source, so it is reported as a mismatch, never as verified.
     type: path
     required: true
   mountpoint:
@@ -59,6 +75,12 @@ EXAMPLES = r"""
     image: /var/lib/dfir-vmcollect/collector/case-42/kvm1.img
     mountpoint: /var/lib/dfir-vmcollect/verify/case-42/kvm1
 
+- name: Mount the datastore an ESXi host made on its LUN (one GPT partition, VMFS 6 - needs vmfs6-tools)
+  dfir.vmcollect.loop_mount:
+    case_id: case-43
+    image: /var/lib/dfir-vmcollect/collector/case-43/esx1.img
+    mountpoint: /var/lib/dfir-vmcollect/verify/case-43/esx1
+
 - name: Unmount it
   dfir.vmcollect.loop_mount:
     case_id: case-42
@@ -85,9 +107,17 @@ partition:
   returned: state=mounted
   type: dict
 filesystem:
-  description: The filesystem found on the image.
+  description: The filesystem found on the image (C(ext4), C(xfs)..., or C(vmfs6), C(vmfs5) for a VMFS volume).
   returned: when it was mounted by this run
   type: str
+vmfs:
+  description:
+    - The VMFS volume mounted - C(version) (the LVM header's major version, 5 or 6), C(fs_major) and C(fs_minor)
+      (the filesystem descriptor's, 14.81 on VMFS 5, 24.82 on VMFS 6), C(label), C(reader) (the program),
+      C(package), C(reader_pid) (its FUSE daemon), C(fstype) (as mounted, C(fuseblk.vmfs6) or C(fuseblk.vmfs)),
+      C(messages) (what the reader printed, such as its warning that a loop device has no SCSI LUN id).
+  returned: when a VMFS volume was mounted by this run
+  type: dict
 plan:
   description: What O(state=mounted) does (or would do, in check mode).
   returned: state=mounted
