@@ -1,8 +1,10 @@
 # Copyright: (c) 2026, dfir.vmcollect contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab's ESXi shell (lab/esxi-shell: vim-cmd, vmkfstools, esxcli, partedUtil; a LAB EMULATOR) against a private
-simulator of its own (``-lab-vms -ram-image PATH -ds 2``), its output read back with the collection's readers
-(plugins/module_utils/_esxi_shell/parse.py) and checked against the simulator's API and datastore folders.
+simulator of its own in free-ESXi mode (``-lab-vms -ram-image PATH -ds 2 -free-license``), its output read back with
+the collection's readers (plugins/module_utils/_esxi_shell/parse.py) and checked against the simulator's API and
+datastore folders. The API refuses every change to an ordinary session (RestrictedVersion, as a free ESXi host
+does) while reads work; the shell's programs, logged in as the simulator's lab-internal user, change the host.
 
 The programs run here directly (this interpreter, which has pyVmomi), found through a 0600 config file named by
 VMCOLLECT_ESXI_SHELL_CONFIG, as the lab's sshd sessions find theirs. The RAM image is lab/vcsim/ram_image.sh's
@@ -44,7 +46,7 @@ def sim(tmp_path_factory):
     ram = run("bash", os.path.join(VCSIM, "ram_image.sh"), stderr=subprocess.PIPE, timeout=600)
     assert ram.returncode == 0, ram.stderr
     image = ram.stdout.strip().splitlines()[-1]
-    with private_simulator(tmp, "esxi-shell", args="-lab-vms -ram-image %s -ds 2" % image) as env:
+    with private_simulator(tmp, "esxi-shell", args="-lab-vms -ram-image %s -ds 2 -free-license" % image) as env:
         cfg = str(tmp / "esxi-shell.json")
         with open(cfg, "w") as f:
             json.dump({"env_file": str(tmp / ("esxi-shell-%d.json" % os.getpid()))}, f)
@@ -228,3 +230,49 @@ def test_esxcli_storage_listings_and_errors(sim):
     assert rc != 0 and "No such file or directory" in err
     rc, out, err = shell(sim, "vmkfstools", "-C", "vmfs6", "-S", "x", "/vmfs/devices/disks/naa.1:1")
     assert rc != 0 and "not in the lab" in err
+
+
+def test_free_license_refuses_api_changes_but_not_reads(sim):
+    from pyVmomi import vim
+    lic = sim["lab"]["license"]
+    assert lic["free"] is True and lic["refused_fault"] == "vim.fault.RestrictedVersion"
+    v = lab_vm(sim, "powered-off")
+    with api(sim) as c:
+        vm = c.find_vm(v["name"])  # reads work: a container view, RetrievePropertiesEx
+        assert vm.runtime.powerState == "poweredOff" and vm.snapshot is None
+        host = host_of(c)
+        assert host.configManager.storageSystem.storageDeviceInfo.softwareInternetScsiEnabled is False
+        refused = [
+            lambda: vm.CreateSnapshot_Task(name="api", description="", memory=False, quiesce=False),
+            lambda: host.configManager.storageSystem.UpdateSoftwareInternetScsiEnabled(enabled=True),
+            lambda: host.configManager.storageSystem.AddInternetScsiSendTargets(
+                iScsiHbaDevice="vmhba64", targets=[vim.host.InternetScsiHba.SendTarget(address="10.213.99.1")]),
+            lambda: c.content.virtualDiskManager.CopyVirtualDisk_Task(
+                sourceName="[LocalDS_0] %s/%s.vmdk" % (v["name"], v["name"]), destName="[LocalDS_1] x/x.vmdk"),
+        ]
+        for call in refused:
+            with pytest.raises(vim.fault.RestrictedVersion) as err:
+                call()
+            assert err.value.msg == "Current license or ESXi version prohibits execution of the requested operation."
+        assert vm.snapshot is None
+        ds1 = next(d["local_path"] for d in sim["datastores"] if d["name"] == "LocalDS_1")
+        assert not os.path.exists(os.path.join(ds1, "x"))
+    # the host's own shell may: a snapshot through vim-cmd, seen by the API, removed again
+    vmid = str(vmid_of(sim, v["name"]))
+    rc, out, err = shell(sim, "vim-cmd", "vmsvc/snapshot.create", vmid, "shell", "", "0", "0")
+    assert rc == 0, out + err
+    with api(sim) as c:
+        vm = c.find_vm(v["name"])
+        assert [s.name for s in vm.snapshot.rootSnapshotList] == ["shell"]
+        with pytest.raises(vim.fault.RestrictedVersion):
+            vm.snapshot.rootSnapshotList[0].snapshot.RemoveSnapshot_Task(removeChildren=False)
+    rc, out, err = shell(sim, "vim-cmd", "vmsvc/snapshot.removeall", vmid)
+    assert rc == 0, out + err
+    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
+    assert parse.snapshot_get(out) == []
+    # a wrong password for the internal user is an ordinary failed login
+    from pyVim.connect import SmartConnect
+    import ssl
+    with pytest.raises(vim.fault.InvalidLogin):
+        SmartConnect(host=sim["host"], port=sim["port"], user=lic["internal_username"], pwd="not-it",
+                     sslContext=ssl.create_default_context(cadata=sim["cert_pem"]))
