@@ -1,14 +1,15 @@
 # Copyright: (c) 2026, dfir.vmcollect contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The lab's ESXi shell (lab/esxi-shell: vim-cmd, vmkfstools, esxcli, partedUtil; a LAB EMULATOR) against a private
-simulator of its own in free-ESXi mode (``-lab-vms -ram-image PATH -ds 2 -free-license``), its output read back with
-the collection's readers (plugins/module_utils/_esxi_shell/parse.py) and checked against the simulator's API and
-datastore folders. The API refuses every change to an ordinary session (RestrictedVersion, as a free ESXi host
-does) while reads work; the shell's programs, logged in as the simulator's lab-internal user, change the host.
+"""The lab's ESXi host over SSH (lab/esxi-shell, a LAB EMULATOR): a private simulator of its own in free-ESXi mode
+(``-lab-vms -ram-image PATH -ds 2 -free-license``) and lab/esxi-shell/sshd.sh on 127.0.0.1 and a free port, driven with
+the collection's SSH client (plugins/module_utils/_ssh/client.py, the host key pinned by the fingerprint of the
+sshd's key file) and read back with the collection's readers (plugins/module_utils/_esxi_shell/parse.py), checked
+against the simulator's API and its datastore folders. The API refuses every change to an ordinary session
+(RestrictedVersion, as a free ESXi host does) while reads work; the shell's programs, logged in as the simulator's
+lab-internal user, change the host.
 
-The programs run here directly (this interpreter, which has pyVmomi), found through a 0600 config file named by
-VMCOLLECT_ESXI_SHELL_CONFIG, as the lab's sshd sessions find theirs. The RAM image is lab/vcsim/ram_image.sh's
-(cached in $LAB_DIR/vcsim-ram).
+Needs root (sshd, the sessions' mount namespaces), Debian's openssh-server, paramiko and pyVmomi (this interpreter
+runs the lab programs: ESXI_SHELL_PYTHON). The RAM image is lab/vcsim/ram_image.sh's (cached in $LAB_DIR/vcsim-ram).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,8 +17,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
-import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -26,8 +27,12 @@ import pytest
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import parse
 from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, ROOT, VCSIM, private_simulator, run
 
-pytestmark = [NEEDS_SIMULATOR, ON_LINUX]
+SSHD = "/usr/sbin/sshd"
+pytestmark = [NEEDS_SIMULATOR, ON_LINUX,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (sshd, the sessions' mount namespaces)"),
+              pytest.mark.skipif(not os.access(SSHD, os.X_OK), reason="needs openssh-server (%s)" % SSHD)]
 pytest.importorskip("pyVmomi")
+pytest.importorskip("paramiko")
 
 SHELL = os.path.join(ROOT, "lab", "esxi-shell")
 
@@ -40,27 +45,77 @@ def sha256(path):
     return h.hexdigest()
 
 
+def free_port():
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def sshd_ctl(state, cmd, **env):
+    return subprocess.run(["bash", os.path.join(SHELL, "sshd.sh"), cmd, state], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=60,
+                          env=dict(os.environ, **env))
+
+
+def processes_with(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().decode(errors="replace")
+            with open("/proc/%s/stat" % pid) as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            continue
+        if text in cmd and not zombie:
+            found.append(pid)
+    return found
+
+
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import SshClient
     tmp = tmp_path_factory.mktemp("esxi-shell")
     ram = run("bash", os.path.join(VCSIM, "ram_image.sh"), stderr=subprocess.PIPE, timeout=600)
     assert ram.returncode == 0, ram.stderr
     image = ram.stdout.strip().splitlines()[-1]
+    key = str(tmp / "id_ed25519")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "esxi-shell-test", "-f", key], check=True)
     with private_simulator(tmp, "esxi-shell", args="-lab-vms -ram-image %s -ds 2 -free-license" % image) as env:
-        cfg = str(tmp / "esxi-shell.json")
-        with open(cfg, "w") as f:
-            json.dump({"env_file": str(tmp / ("esxi-shell-%d.json" % os.getpid()))}, f)
-        os.chmod(cfg, 0o600)
-        env["_config"] = cfg
-        yield env
+        state = str(tmp / "sshd")
+        port = free_port()
+        started = sshd_ctl(state, "start", ESXI_SHELL_ENV_FILE=str(tmp / ("esxi-shell-%d.json" % os.getpid())),
+                           ESXI_SHELL_AUTHORIZED_KEYS=key + ".pub", ESXI_SHELL_LISTEN="127.0.0.1:%d" % port,
+                           ESXI_SHELL_PYTHON=sys.executable)
+        assert started.returncode == 0, started.stdout
+        try:
+            # the pin as an examiner takes it from the host's console: ssh-keygen -lf of the host key
+            fingerprint = subprocess.run(["ssh-keygen", "-lf", os.path.join(state, "ssh_host_ed25519_key.pub")],
+                                         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()[1]
+            env.update(_state=state, _port=port, _key=key, _fingerprint=fingerprint)
+            with SshClient("127.0.0.1", port=port, private_key_file=key, host_key_fingerprint=fingerprint) as ssh:
+                env["_ssh"] = ssh
+                yield env
+        finally:
+            stopped = sshd_ctl(state, "stop")
+        assert stopped.returncode == 0, stopped.stdout
+        assert processes_with(os.path.join(state, "sshd_config")) == []
+        assert processes_with(os.path.join(state, "bin")) == []
 
 
-def shell(env, program, *args):
-    """(rc, stdout, stderr) of a lab shell program run here."""
-    p = subprocess.run([sys.executable, os.path.join(SHELL, program)] + list(args), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, universal_newlines=True, timeout=120,
-                       env=dict(os.environ, VMCOLLECT_ESXI_SHELL_CONFIG=env["_config"]))
-    return p.returncode, p.stdout, p.stderr
+def shell(env, program, *args, **kw):
+    """(rc, stdout, stderr) of a command on the lab ESXi host over SSH (an argv, quoted by the client)."""
+    rc, out, err = env["_ssh"].run([program] + list(args), timeout=kw.get("timeout", 120))
+    return rc, out.decode("utf-8"), err.decode("utf-8")
+
+
+def sh(env, line, timeout=120):
+    """(rc, stdout, stderr) of a shell command line on the lab ESXi host."""
+    rc, out, err = env["_ssh"].run(line, timeout=timeout)
+    return rc, out.decode("utf-8"), err.decode("utf-8")
 
 
 def api(env):
@@ -276,3 +331,48 @@ def test_free_license_refuses_api_changes_but_not_reads(sim):
     with pytest.raises(vim.fault.InvalidLogin):
         SmartConnect(host=sim["host"], port=sim["port"], user=lic["internal_username"], pwd="not-it",
                      sslContext=ssl.create_default_context(cadata=sim["cert_pem"]))
+
+
+def test_session_sees_esxi_paths_lab_programs_and_a_plain_shell(sim):
+    rc, out, _ = sh(sim, "ls /vmfs/volumes")
+    assert rc == 0 and out.split() == ["LocalDS_0", "LocalDS_1"]
+    for d in sim["datastores"]:
+        rc, out, _ = shell(sim, "readlink", "/vmfs/volumes/" + d["name"])
+        assert out.strip() == d["local_path"]
+    # a real program reads a datastore file by its ESXi path (spaces and brackets quoted by the client)
+    v = lab_vm(sim, "powered-off")
+    flat = v["disks"][0]
+    remote = "/vmfs/volumes/LocalDS_0/%s/%s-flat.vmdk" % (v["name"], v["name"])
+    rc, out, _ = shell(sim, "openssl", "dgst", "-md5", remote)
+    with open(flat["flat_local"], "rb") as f:
+        assert rc == 0 and out.strip() == "MD5(%s)= %s" % (remote, hashlib.md5(f.read()).hexdigest())
+    rc, out, _ = sh(sim, "echo $PATH; for p in vim-cmd vmkfstools esxcli partedUtil; do command -v $p; done; readlink /proc/$$/exe; "
+                         "readlink /proc/self/ns/mnt; test -w /vmfs || echo ro")
+    lines = out.splitlines()
+    assert lines[0].startswith(os.path.join(sim["_state"], "bin") + ":")
+    assert lines[1:5] == [os.path.join(sim["_state"], "bin", p)
+                          for p in ("vim-cmd", "vmkfstools", "esxcli", "partedUtil")]
+    assert lines[5] == "/usr/bin/dash"
+    assert lines[6] != os.readlink("/proc/self/ns/mnt")  # the session's own mount namespace
+    assert lines[7] == "ro"
+
+
+def test_host_key_pin_and_key_only_login(sim):
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import SshError, SshHostKeyError
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import SshClient
+    other = "SHA256:" + "A" * 43
+    with pytest.raises(SshHostKeyError) as err:
+        with SshClient("127.0.0.1", port=sim["_port"], private_key_file=sim["_key"], host_key_fingerprint=other):
+            pass
+    assert sim["_fingerprint"] in str(err.value)
+    with pytest.raises(SshError):
+        with SshClient("127.0.0.1", port=sim["_port"], password="not-a-key", host_key_fingerprint=sim["_fingerprint"]):
+            pass
+
+
+def test_command_past_its_timeout_is_stopped_on_the_host(sim):
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import SshTimeout
+    with pytest.raises(SshTimeout) as err:
+        sh(sim, "sleep 47.5; echo late", timeout=2)
+    assert err.value.details["stopped"] is True, err.value.message
+    assert processes_with("sleep\x0047.5") == []
