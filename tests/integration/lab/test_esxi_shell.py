@@ -8,8 +8,15 @@ against the simulator's API and its datastore folders. The API refuses every cha
 (RestrictedVersion, as a free ESXi host does) while reads work; the shell's programs, logged in as the simulator's
 lab-internal user, change the host.
 
+The iSCSI path (test_iscsi_datastore_over_ssh) runs on a storage bed of its own (tests/integration/storage_bed.py:
+namespaces esh<pid>-esx / -coll, 10.213.220.4/30, a tgtd with one LUN behind CHAP): the simulator and the lab sshd in
+the ESXi namespace, as lab/up.sh would run them in vmc-esx; esxcli enables the software adapter, adds the send
+target and CHAP, rescans (a real login), partedUtil reads the LUN, the API makes the VMFS stand-in, the next session
+sees it under /vmfs/volumes, vmkfstools clones a disk onto it and sha256sum hashes it there; then it is released.
+
 Needs root (sshd, the sessions' mount namespaces), Debian's openssh-server, paramiko and pyVmomi (this interpreter
-runs the lab programs: ESXI_SHELL_PYTHON). The RAM image is lab/vcsim/ram_image.sh's (cached in $LAB_DIR/vcsim-ram).
+runs the lab programs: ESXI_SHELL_PYTHON); the iSCSI test also tgt, libiscsi-bin, qemu-utils (skipped without).
+The RAM image is lab/vcsim/ram_image.sh's (cached in $LAB_DIR/vcsim-ram).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,13 +25,16 @@ __metaclass__ = type
 
 import hashlib
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 
 import pytest
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import parse
+from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import quote
 from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, ROOT, VCSIM, private_simulator, run
 
 SSHD = "/usr/sbin/sshd"
@@ -190,29 +200,37 @@ def test_memory_snapshot_clone_and_remove(sim):
     snaps = parse.snapshot_get(out)
     assert [(s["name"], s["description"], s["state"]) for s in snaps] == [("ev 1", "evidence [x]", "powered on")]
     folder = v["dir_local"]
-    assert os.path.getsize(os.path.join(folder, "%s-Snapshot%d.vmem" % (v["name"], snaps[0]["id"]))) == 256 << 20
-    assert os.path.exists(os.path.join(folder, "%s-Snapshot%d.vmsn" % (v["name"], snaps[0]["id"])))
-    with api(sim) as c:
+    vmem, vmsn = ("%s-Snapshot%d.%s" % (v["name"], snaps[0]["id"], ext) for ext in ("vmem", "vmsn"))
+    rc, out, _ = shell(sim, "ls", "/vmfs/volumes/LocalDS_0/%s/" % v["name"])
+    assert vmem in out.splitlines() and vmsn in out.splitlines()
+    assert os.path.getsize(os.path.join(folder, vmem)) == 256 << 20 and os.path.exists(os.path.join(folder, vmsn))
+    with api(sim) as c:  # the API (a read) sees the snapshot the shell made
         tree = [s for s in c.find_vm(v["name"]).snapshot.rootSnapshotList]
-        assert [(t.name, t.id) for t in tree] == [("ev 1", snaps[0]["id"])]
-
-    # the frozen base, cloned thin onto the second datastore
+        assert [(t.name, t.id, t.description) for t in tree] == [("ev 1", snaps[0]["id"], "evidence [x]")]
     disk = v["disks"][0]
+    frozen = sha256(disk["flat_local"])  # the guest now writes to the delta: the base is frozen
+
+    # the frozen base, cloned thin onto the second datastore by vmkfstools, hashed there by openssl over SSH
     base = "/vmfs/volumes/LocalDS_0/%s/%s.vmdk" % (v["name"], v["name"])
     dst = "/vmfs/volumes/LocalDS_1/case 1/%s.vmdk" % v["name"]
     rc, out, err = shell(sim, "vmkfstools", "-i", base, "-d", "thin", dst)
     clone = parse.vmkfstools_clone(out, rc)
     assert clone["done"], out + err
     assert clone["format"] == "VMFS thin-provisioned" and clone["source"] == base
+    dst_flat = dst[:-len(".vmdk")] + "-flat.vmdk"
+    rc, out, _ = shell(sim, "openssl", "dgst", "-sha256", dst_flat)
+    assert rc == 0 and out.strip().rsplit("= ", 1) == ["SHA2-256(%s)" % dst_flat, frozen]
+    rc, out, _ = shell(sim, "cat", dst)
+    assert 'createType="vmfs"' in out and 'ddb.thinProvisioned = "1"' in out
     ds1 = next(d["local_path"] for d in sim["datastores"] if d["name"] == "LocalDS_1")
     flat = os.path.join(ds1, "case 1", "%s-flat.vmdk" % v["name"])
-    assert sha256(flat) == sha256(disk["flat_local"])
     assert os.stat(flat).st_blocks * 512 < disk["virtual_bytes"]  # thin
-    # onto an existing destination: the documented failure, nothing overwritten
+    # onto an existing destination (given relative to the working folder): the documented failure, nothing written
     before = os.stat(flat).st_mtime_ns
-    rc, out, _ = shell(sim, "vmkfstools", "-i", base, "-d", "thin", dst)
+    rc, out, _ = sh(sim, "cd %s && vmkfstools -i %s -d thin %s" % (
+        quote("/vmfs/volumes/LocalDS_0/" + v["name"]), quote(v["name"] + ".vmdk"), quote(dst)))
     res = parse.vmkfstools_clone(out, rc)
-    assert rc != 0 and not res["done"]
+    assert rc != 0 and not res["done"] and res["source"] == v["name"] + ".vmdk"
     assert res["error"] == "Failed to clone disk: The file already exists (39)."
     assert os.stat(flat).st_mtime_ns == before
 
@@ -327,7 +345,6 @@ def test_free_license_refuses_api_changes_but_not_reads(sim):
     assert parse.snapshot_get(out) == []
     # a wrong password for the internal user is an ordinary failed login
     from pyVim.connect import SmartConnect
-    import ssl
     with pytest.raises(vim.fault.InvalidLogin):
         SmartConnect(host=sim["host"], port=sim["port"], user=lic["internal_username"], pwd="not-it",
                      sslContext=ssl.create_default_context(cadata=sim["cert_pem"]))
@@ -376,3 +393,177 @@ def test_command_past_its_timeout_is_stopped_on_the_host(sim):
         sh(sim, "sleep 47.5; echo late", timeout=2)
     assert err.value.details["stopped"] is True, err.value.message
     assert processes_with("sleep\x0047.5") == []
+
+
+# -- the iSCSI path over SSH, against a real tgt (tests/integration/storage_bed.py) ---------------------------------
+
+TAG = "esh%d" % (os.getpid() % 100000)
+BED_COLL, BED_ESX, BED_MGMT = "10.213.220.5", "10.213.220.6", "10.213.220.10"
+BED_LUN_BYTES = 64 << 20
+
+
+def _bed_class():
+    import storage_bed
+
+    class ShellBed(storage_bed.StorageBed):
+        """Namespaces TAG-esx / TAG-coll, tgtd with one 64 MiB LUN behind CHAP, the simulator (lab VMs, not free: the
+        API makes the VMFS stand-in, which the lab shell cannot: no vmkfstools -C) in TAG-esx, and the lab ESXi sshd in
+        TAG-esx on BED_MGMT:22, reached through a forwarder on 127.0.0.1."""
+
+        ns_esx, ns_coll = TAG + "-esx", TAG + "-coll"
+        coll_stor, esx_stor, esx_mgmt = BED_COLL, BED_ESX, BED_MGMT
+        target_iqn, chap_user, port_base = "iqn.2026-01.io.dfir.vmcollect.lab:" + TAG, "esxi-shell", 23000
+
+        def __init__(self, tmp, image, key):
+            super(ShellBed, self).__init__(tmp)
+            self.backing = os.path.join(tmp, "lun.img")
+            self.luns = {1: (self.backing, BED_LUN_BYTES, "ESH%05d" % (os.getpid() % 100000),
+                             "ESHID%05d" % (os.getpid() % 100000))}
+            self.esx = storage_bed.Simulator(os.path.join(tmp, TAG + ".json"), self.ns_esx, (BED_MGMT, 443),
+                                             args="-lab-vms -ram-image %s" % image)
+            self.key, self.state, self.sshd_fwd = key, os.path.join(tmp, "sshd"), None
+
+        def start_vcsim(self):
+            self.esx.start()
+            self.iqn = self.env["lab"]["storage"]["hosts"][0]["iscsi_name"]
+            self.tgt.bind_initiator_name(1, self.iqn)
+            started = sshd_ctl(self.state, "start", ESXI_SHELL_ENV_FILE=self.esx.envfile,
+                               ESXI_SHELL_AUTHORIZED_KEYS=self.key + ".pub", ESXI_SHELL_NETNS=self.ns_esx,
+                               ESXI_SHELL_LISTEN="%s:22" % BED_MGMT, ESXI_SHELL_PYTHON=sys.executable)
+            assert started.returncode == 0, started.stdout
+            self.sshd_fwd = storage_bed.Forwarder(self.ns_esx, (BED_MGMT, 22))
+
+        def connect(self):
+            """An ordinary API session through the simulator's forwarder (self.host, .ss, .dss)."""
+            from pyVim.connect import SmartConnect
+            from pyVmomi import vim
+            self.si = SmartConnect(host="127.0.0.1", port=self.esx.fwd.port, user=self.env["username"],
+                                   pwd=self.env["password"], sslContext=ssl.create_default_context(
+                                       cadata=self.env["cert_pem"]))
+            content = self.si.RetrieveContent()
+            self.host = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True).view[0]
+            self.ss = self.host.configManager.storageSystem
+            self.dss = self.host.configManager.datastoreSystem
+
+        def disconnect(self):
+            from pyVim.connect import Disconnect
+            Disconnect(self.si)
+
+        def stop_vcsim(self):
+            if self.sshd_fwd is not None:
+                self.sshd_fwd.close()
+            self.sshd_stopped = sshd_ctl(self.state, "stop", ESXI_SHELL_NETNS=self.ns_esx)
+            return self.esx.stop()
+
+    return ShellBed
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    import storage_bed
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import SshClient
+    if any(shutil.which(t) is None for t in storage_bed.TOOLS):
+        pytest.skip("needs %s (tgt, libiscsi-bin, qemu-utils, e2fsprogs, util-linux, iproute2)"
+                    % ", ".join(storage_bed.TOOLS))
+    tmp = str(tmp_path_factory.mktemp("esxi-shell-iscsi"))
+    ram = run("bash", os.path.join(VCSIM, "ram_image.sh"), stderr=subprocess.PIPE, timeout=600)
+    assert ram.returncode == 0, ram.stderr
+    key = os.path.join(tmp, "id_ed25519")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    b = _bed_class()(tmp, ram.stdout.strip().splitlines()[-1], key)
+    with b.running():
+        with open(os.path.join(b.state, "host_key.fingerprint")) as f:
+            fingerprint = f.read().strip()
+        with SshClient("127.0.0.1", port=b.sshd_fwd.port, private_key_file=key,
+                       host_key_fingerprint=fingerprint) as ssh:
+            b.ssh = ssh
+            yield b
+    assert b.sshd_stopped.returncode == 0, b.sshd_stopped.stdout
+    assert b.stopped.returncode == 0, b.stopped.stdout
+    assert processes_with(os.path.join(b.state, "sshd_config")) == []
+    for ns in (b.ns_esx, b.ns_coll):
+        assert not os.path.exists("/run/netns/" + ns)
+    b.esx.check_gone()
+    # the CHAP secret is in the argv of `esxcli ... chap set --secret=` (and its shell), as on ESXi, and nowhere else
+    assert b.argv_hits and all("esxcli" in hit for hit in b.argv_hits), b.argv_hits[:3]
+
+
+def esx(b, line, secrets=()):
+    rc, out, err = b.ssh.run(line, timeout=120, secrets=secrets)
+    return rc, out.decode("utf-8"), err.decode("utf-8")
+
+
+def csv_rows(b, line):
+    rc, out, err = esx(b, line)
+    assert rc == 0, out + err
+    return parse.esxcli_csv(out)
+
+
+def test_iscsi_datastore_over_ssh(bed):
+    from pyVmomi import vim
+    b = bed
+    for line in ("esxcli iscsi software set --enabled=true",
+                 "esxcli iscsi adapter discovery sendtarget add -A vmhba64 -a %s:3260" % BED_COLL):
+        assert esx(b, line) == (0, "", ""), line
+    assert [r["UID"] for r in csv_rows(b, "esxcli --formatter=csv iscsi adapter list")] == [b.iqn]
+    rc, out, err = esx(b, "esxcli iscsi adapter auth chap set --direction=uni --authname=%s --secret=%s "
+                          "--level=required -A vmhba64" % (b.chap_user, b.secret), secrets=[b.secret])
+    assert (rc, out, err) == (0, "", "")
+    assert esx(b, "esxcli storage core adapter rescan --adapter=vmhba64") == (0, "", "")
+    portals = csv_rows(b, "esxcli --formatter=csv iscsi adapter target portal list")
+    assert [(p["Target"], p["IP"], p["Port"]) for p in portals] == [(b.target_iqn, BED_COLL, "3260")]
+    devices = [d for d in csv_rows(b, "esxcli --formatter=csv storage core device list")
+               if d["DevfsPath"].startswith("/vmfs/devices/disks/naa.")]
+    assert len(devices) == 1 and devices[0]["Size"] == "64" and devices[0]["IsLocal"] == "false"
+    dev = devices[0]["DevfsPath"]
+    rc, out, _ = esx(b, "partedUtil getptbl %s" % dev)
+    table = parse.partedutil_getptbl(out)
+    assert (table["label"], table["total_sectors"], table["partitions"]) == ("unknown", BED_LUN_BYTES // 512, [])
+    rc, out, _ = esx(b, "partedUtil getUsableSectors %s" % dev)
+    assert out.split() == ["34", str(BED_LUN_BYTES // 512 - 34)]
+
+    # the VMFS stand-in, made through the API (the lab shell has no vmkfstools -C), is seen by the next session
+    b.connect()
+    spec = b.dss.QueryVmfsDatastoreCreateOptions(dev)[0].spec
+    spec.vmfs.volumeName = "case-ds"
+    ds = b.dss.CreateVmfsDatastore(spec)
+    uuid = ds.info.vmfs.uuid
+    b.disconnect()
+    fs = dict((r["VolumeName"], r) for r in csv_rows(b, "esxcli --formatter=csv storage filesystem list"))
+    assert (fs["case-ds"]["UUID"], fs["case-ds"]["Type"], fs["case-ds"]["MountPoint"]) == (
+        uuid, "VMFS-6", "/vmfs/volumes/" + uuid)
+    extents = csv_rows(b, "esxcli --formatter=csv storage vmfs extent list")
+    assert [(e["VolumeName"], e["VMFSUUID"], e["DeviceName"], e["Partition"]) for e in extents] == [
+        ("case-ds", uuid, dev.rsplit("/", 1)[1], "1")]
+    rc, out, _ = esx(b, "partedUtil getptbl %s" % dev)
+    part = parse.partedutil_getptbl(out)
+    assert part["label"] == "gpt" and [(p["number"], p["start"], p["guid"], p["type"]) for p in part["partitions"]] == [
+        (1, 2048, parse.VMFS_GUID, "vmfs")]
+    rc, out, _ = esx(b, "readlink /vmfs/volumes/case-ds")
+    assert out.strip() == uuid
+
+    # a powered-off VM's disk cloned onto it by vmkfstools and hashed there with sha256sum, as an examiner would
+    v = next(x for x in b.env["lab"]["content"]["vms"] if x["role"] == "powered-off")
+    src = "/vmfs/volumes/LocalDS_0/%s/%s.vmdk" % (v["name"], v["name"])
+    rc, out, err = esx(b, "mkdir -p /vmfs/volumes/case-ds/case && vmkfstools -i %s -d thin %s"
+                       % (quote(src), quote("/vmfs/volumes/case-ds/case/disk 1.vmdk")))
+    assert parse.vmkfstools_clone(out, rc)["done"], out + err
+    rc, out, _ = esx(b, "sha256sum %s" % quote("/vmfs/volumes/case-ds/case/disk 1-flat.vmdk"))
+    assert rc == 0 and out.split()[0] == sha256(v["disks"][0]["flat_local"])
+
+    # released again: unmounted (the volume stays on the LUN), the send target and CHAP gone, the LUN with them
+    assert esx(b, "esxcli storage filesystem unmount -l case-ds") == (0, "", "")
+    assert "case-ds" not in [r["VolumeName"] for r in csv_rows(b, "esxcli --formatter=csv storage filesystem list")]
+    for line in ("esxcli iscsi adapter discovery sendtarget remove -A vmhba64 -a %s:3260" % BED_COLL,
+                 "esxcli iscsi adapter auth chap set --default -A vmhba64",
+                 "esxcli storage core adapter rescan --all"):
+        assert esx(b, line) == (0, "", ""), line
+    assert not [d for d in csv_rows(b, "esxcli --formatter=csv storage core device list")
+                if d["DevfsPath"] == dev]
+    b.connect()
+    try:
+        assert not [d for d in b.host.datastore if d.name == "case-ds"]
+        hba = [a for a in b.ss.storageDeviceInfo.hostBusAdapter if isinstance(a, vim.host.InternetScsiHba)][0]
+        assert not hba.configuredSendTarget and not hba.authenticationProperties.chapAuthEnabled
+    finally:
+        b.disconnect()
