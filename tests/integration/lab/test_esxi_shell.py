@@ -11,8 +11,9 @@ lab-internal user, change the host.
 The iSCSI path (test_iscsi_datastore_over_ssh) runs on a storage bed of its own (tests/integration/storage_bed.py:
 namespaces esh<pid>-esx / -coll, 10.213.220.4/30, a tgtd with one LUN behind CHAP): the simulator and the lab sshd in
 the ESXi namespace, as lab/up.sh would run them in vmc-esx; esxcli enables the software adapter, adds the send
-target and CHAP, rescans (a real login), partedUtil reads the LUN, the API makes the VMFS stand-in, the next session
-sees it under /vmfs/volumes, vmkfstools clones a disk onto it and sha256sum hashes it there; then it is released.
+target and CHAP, rescans (a real login), partedUtil reads the LUN and writes its GPT, vmkfstools -C makes the VMFS
+stand-in (which the free host's API refuses), the next session sees it under /vmfs/volumes, vmkfstools clones a disk
+onto it and sha256sum hashes it there; then it is released.
 
 Needs root (sshd, the sessions' mount namespaces), Debian's openssh-server, paramiko and pyVmomi (this interpreter
 runs the lab programs: ESXI_SHELL_PYTHON); the iSCSI test also tgt, libiscsi-bin, qemu-utils (skipped without).
@@ -302,6 +303,8 @@ def test_esxcli_storage_listings_and_errors(sim):
     rc, out, err = shell(sim, "partedUtil", "getptbl", "/vmfs/devices/disks/naa.6000000000000000000000000000dead")
     assert rc != 0 and "No such file or directory" in err
     rc, out, err = shell(sim, "vmkfstools", "-C", "vmfs6", "-S", "x", "/vmfs/devices/disks/naa.1:1")
+    assert rc != 0 and parse.vmkfstools_create(out) is None and "No such file or directory" in out
+    rc, out, err = shell(sim, "vmkfstools", "-D", "/vmfs/volumes/LocalDS_0/x")
     assert rc != 0 and "not in the lab" in err
 
 
@@ -406,9 +409,8 @@ def _bed_class():
     import storage_bed
 
     class ShellBed(storage_bed.StorageBed):
-        """Namespaces TAG-esx / TAG-coll, tgtd with one 64 MiB LUN behind CHAP, the simulator (lab VMs, not free: the
-        API makes the VMFS stand-in, which the lab shell cannot: no vmkfstools -C) in TAG-esx, and the lab ESXi sshd in
-        TAG-esx on BED_MGMT:22, reached through a forwarder on 127.0.0.1."""
+        """Namespaces TAG-esx / TAG-coll, tgtd with one 64 MiB LUN behind CHAP, the simulator (lab VMs, free-ESXi
+        mode) in TAG-esx, and the lab ESXi sshd in TAG-esx on BED_MGMT:22, reached through a forwarder on 127.0.0.1."""
 
         ns_esx, ns_coll = TAG + "-esx", TAG + "-coll"
         coll_stor, esx_stor, esx_mgmt = BED_COLL, BED_ESX, BED_MGMT
@@ -420,7 +422,7 @@ def _bed_class():
             self.luns = {1: (self.backing, BED_LUN_BYTES, "ESH%05d" % (os.getpid() % 100000),
                              "ESHID%05d" % (os.getpid() % 100000))}
             self.esx = storage_bed.Simulator(os.path.join(tmp, TAG + ".json"), self.ns_esx, (BED_MGMT, 443),
-                                             args="-lab-vms -ram-image %s" % image)
+                                             args="-lab-vms -ram-image %s -free-license" % image)
             self.key, self.state, self.sshd_fwd = key, os.path.join(tmp, "sshd"), None
 
         def start_vcsim(self):
@@ -522,13 +524,25 @@ def test_iscsi_datastore_over_ssh(bed):
     rc, out, _ = esx(b, "partedUtil getUsableSectors %s" % dev)
     assert out.split() == ["34", str(BED_LUN_BYTES // 512 - 34)]
 
-    # the VMFS stand-in, made through the API (the lab shell has no vmkfstools -C), is seen by the next session
+    # the VMFS the free host's API refuses to make, made as on ESXi's shell: partedUtil setptbl, vmkfstools -C
+    last = BED_LUN_BYTES // 512 - 34
     b.connect()
-    spec = b.dss.QueryVmfsDatastoreCreateOptions(dev)[0].spec
-    spec.vmfs.volumeName = "case-ds"
-    ds = b.dss.CreateVmfsDatastore(spec)
-    uuid = ds.info.vmfs.uuid
-    b.disconnect()
+    try:
+        spec = b.dss.QueryVmfsDatastoreCreateOptions(dev)[0].spec  # a read
+        spec.vmfs.volumeName = "api-ds"
+        with pytest.raises(vim.fault.RestrictedVersion):
+            b.dss.CreateVmfsDatastore(spec)
+    finally:
+        b.disconnect()
+    rc, out, err = esx(b, 'partedUtil setptbl %s gpt "%s"' % (dev, parse.vmfs_partition_spec(last)))
+    assert (rc, out.split("\n")[0], err) == (0, "gpt", ""), out + err
+    rc, out, _ = esx(b, "partedUtil getptbl %s" % dev)
+    assert [(p["number"], p["start"], p["end"], p["guid"], p["type"])
+            for p in parse.partedutil_getptbl(out)["partitions"]] == [(1, 2048, last, parse.VMFS_GUID, "vmfs")]
+    rc, out, err = esx(b, "vmkfstools -C vmfs6 -S case-ds %s:1" % dev)
+    uuid = parse.vmkfstools_create(out)
+    assert rc == 0 and uuid, out + err
+    assert 'volume label "case-ds"' in out and out.startswith("create fs deviceName:'%s:1'" % dev.rsplit("/", 1)[1])
     fs = dict((r["VolumeName"], r) for r in csv_rows(b, "esxcli --formatter=csv storage filesystem list"))
     assert (fs["case-ds"]["UUID"], fs["case-ds"]["Type"], fs["case-ds"]["MountPoint"]) == (
         uuid, "VMFS-6", "/vmfs/volumes/" + uuid)
