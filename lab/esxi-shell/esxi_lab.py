@@ -225,7 +225,7 @@ def datastore_path(path, datastores):
     p = logical_path(path)
     if p.startswith(VOLUMES + "/"):
         rest = p[len(VOLUMES) + 1:]
-        vol, _, rel = rest.partition("/")
+        vol, _sep, rel = rest.partition("/")
         for d in datastores:
             if vol in (d["name"], d["uuid"]):
                 return "[%s] %s" % (d["name"], rel), d
@@ -236,14 +236,6 @@ def datastore_path(path, datastores):
         if root and (real == root or real.startswith(root + "/")):
             return "[%s] %s" % (d["name"], real[len(root) + 1:]), d
     return None, None
-
-
-def volume_path(ds_path, datastores):
-    """'/vmfs/volumes/<name>/<path>' of '[name] path' (ESXi's logical form, through the name link)."""
-    m = re.match(r"^\[([^\]]*)\] ?(.*)$", ds_path or "")
-    if not m:
-        return ds_path
-    return posixpath.join(VOLUMES, m.group(1), m.group(2))
 
 
 # -- output --------------------------------------------------------------------------------------------------------

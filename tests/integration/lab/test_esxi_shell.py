@@ -66,7 +66,7 @@ def free_port():
 
 
 def sshd_ctl(state, cmd, **env):
-    return subprocess.run(["bash", os.path.join(SHELL, "sshd.sh"), cmd, state], stdout=subprocess.PIPE,
+    return subprocess.run(["bash", os.path.join(SHELL, "sshd.sh"), cmd, state], stdout=subprocess.PIPE, check=False,
                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=60,
                           env=dict(os.environ, **env))
 
@@ -163,29 +163,29 @@ def test_getallvms_lists_the_lab_vms(sim):
         assert got["vmid"] == int(v["moref"].split("-")[-1])
         assert got["version"].startswith("vmx-")
     assert "Win Srv [prod] 01" in by_name and "lab indep 03" in by_name
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/power.getstate", str(by_name["lab-off-02"]["vmid"]))
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/power.getstate", str(by_name["lab-off-02"]["vmid"]))
     assert rc == 0 and out.splitlines() == ["Retrieved runtime info", "Powered off"]
 
 
 def test_unknown_vm_and_quiesce_print_fault_blocks(sim):
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", "9999")
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", "9999")
     assert rc != 0
     assert parse.vim_fault(out) == ("vim.fault.NotFound", 'Unable to find a VM corresponding to "9999"')
     vmid = vmid_of(sim, lab_vm(sim, "powered-off")["name"])
     # the lab VMs have no VMware Tools: a quiesced snapshot of a running one is refused, nothing is made
     running = vmid_of(sim, lab_vm(sim, "cbt")["name"])
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.create", str(running), "q", "", "0", "1")
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.create", str(running), "q", "", "0", "1")
     assert rc != 0
     assert parse.vim_fault(out)[0] == "vim.fault.ToolsUnavailable"
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", str(running))
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", str(running))
     assert rc == 0 and parse.snapshot_get(out) == []
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", str(vmid))
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", str(vmid))
     assert rc == 0 and parse.snapshot_get(out) == []
 
 
 def test_existing_snapshot_read(sim):
     v = lab_vm(sim, "with-snapshot")
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", str(vmid_of(sim, v["name"])))
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", str(vmid_of(sim, v["name"])))
     assert rc == 0
     snaps = parse.snapshot_get(out)
     assert [(s["name"], s["id"], s["depth"], s["state"]) for s in snaps] == [("lab-base", 1, 0, "powered on")]
@@ -197,16 +197,16 @@ def test_memory_snapshot_clone_and_remove(sim):
     vmid = str(vmid_of(sim, v["name"]))
     rc, out, err = shell(sim, "vim-cmd", "vmsvc/snapshot.create", vmid, "ev 1", "evidence [x]", "1", "0")
     assert rc == 0, out + err
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
     snaps = parse.snapshot_get(out)
     assert [(s["name"], s["description"], s["state"]) for s in snaps] == [("ev 1", "evidence [x]", "powered on")]
     folder = v["dir_local"]
     vmem, vmsn = ("%s-Snapshot%d.%s" % (v["name"], snaps[0]["id"], ext) for ext in ("vmem", "vmsn"))
-    rc, out, _ = shell(sim, "ls", "/vmfs/volumes/LocalDS_0/%s/" % v["name"])
+    rc, out, _err = shell(sim, "ls", "/vmfs/volumes/LocalDS_0/%s/" % v["name"])
     assert vmem in out.splitlines() and vmsn in out.splitlines()
     assert os.path.getsize(os.path.join(folder, vmem)) == 256 << 20 and os.path.exists(os.path.join(folder, vmsn))
     with api(sim) as c:  # the API (a read) sees the snapshot the shell made
-        tree = [s for s in c.find_vm(v["name"]).snapshot.rootSnapshotList]
+        tree = list(c.find_vm(v["name"]).snapshot.rootSnapshotList)
         assert [(t.name, t.id, t.description) for t in tree] == [("ev 1", snaps[0]["id"], "evidence [x]")]
     disk = v["disks"][0]
     frozen = sha256(disk["flat_local"])  # the guest now writes to the delta: the base is frozen
@@ -219,16 +219,16 @@ def test_memory_snapshot_clone_and_remove(sim):
     assert clone["done"], out + err
     assert clone["format"] == "VMFS thin-provisioned" and clone["source"] == base
     dst_flat = dst[:-len(".vmdk")] + "-flat.vmdk"
-    rc, out, _ = shell(sim, "openssl", "dgst", "-sha256", dst_flat)
+    rc, out, _err = shell(sim, "openssl", "dgst", "-sha256", dst_flat)
     assert rc == 0 and out.strip().rsplit("= ", 1) == ["SHA2-256(%s)" % dst_flat, frozen]
-    rc, out, _ = shell(sim, "cat", dst)
+    rc, out, _err = shell(sim, "cat", dst)
     assert 'createType="vmfs"' in out and 'ddb.thinProvisioned = "1"' in out
     ds1 = next(d["local_path"] for d in sim["datastores"] if d["name"] == "LocalDS_1")
     flat = os.path.join(ds1, "case 1", "%s-flat.vmdk" % v["name"])
     assert os.stat(flat).st_blocks * 512 < disk["virtual_bytes"]  # thin
     # onto an existing destination (given relative to the working folder): the documented failure, nothing written
     before = os.stat(flat).st_mtime_ns
-    rc, out, _ = sh(sim, "cd %s && vmkfstools -i %s -d thin %s" % (
+    rc, out, _err = sh(sim, "cd %s && vmkfstools -i %s -d thin %s" % (
         quote("/vmfs/volumes/LocalDS_0/" + v["name"]), quote(v["name"] + ".vmdk"), quote(dst)))
     res = parse.vmkfstools_clone(out, rc)
     assert rc != 0 and not res["done"] and res["source"] == v["name"] + ".vmdk"
@@ -238,7 +238,7 @@ def test_memory_snapshot_clone_and_remove(sim):
     # snapshot.remove consolidates: the memory files go, the API sees no snapshot
     rc, out, err = shell(sim, "vim-cmd", "vmsvc/snapshot.remove", vmid, str(snaps[0]["id"]))
     assert rc == 0, out + err
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
     assert parse.snapshot_get(out) == []
     assert not [n for n in os.listdir(folder) if n.endswith((".vmem", ".vmsn")) or "-0000" in n]
     with api(sim) as c:
@@ -251,17 +251,17 @@ def test_esxcli_software_iscsi_round_trip(sim):
         with api(sim) as c:
             return host_of(c).configManager.storageSystem.storageDeviceInfo.softwareInternetScsiEnabled
 
-    rc, out, _ = shell(sim, "esxcli", "iscsi", "software", "get")
+    rc, out, _err = shell(sim, "esxcli", "iscsi", "software", "get")
     assert rc == 0 and parse.esxcli_bool(out.strip()) is False and enabled_api() is False
     rc, out, err = shell(sim, "esxcli", "iscsi", "software", "set", "--enabled=true")
     assert rc == 0 and out == "" and err == ""
-    rc, out, _ = shell(sim, "esxcli", "--formatter=csv", "iscsi", "software", "get")
+    rc, out, _err = shell(sim, "esxcli", "--formatter=csv", "iscsi", "software", "get")
     assert parse.esxcli_bool(out.strip()) is True and enabled_api() is True
-    rc, out, _ = shell(sim, "esxcli", "--formatter=csv", "iscsi", "adapter", "list")
+    rc, out, _err = shell(sim, "esxcli", "--formatter=csv", "iscsi", "adapter", "list")
     rows = parse.esxcli_csv(out)
     assert [(r["Adapter"], r["Driver"], r["State"]) for r in rows] == [("vmhba64", "iscsi_vmk", "online")]
     assert rows[0]["UID"].startswith("iqn.1998-01.com.vmware:")
-    rc, out, _ = shell(sim, "esxcli", "iscsi", "adapter", "list")
+    rc, out, _err = shell(sim, "esxcli", "iscsi", "adapter", "list")
     assert out.splitlines()[0].split() == ["Adapter", "Driver", "State", "UID", "Description"]
     assert set(out.splitlines()[1]) == set("- ")
     # a send target and CHAP, as the API then sees them (the secret never read back)
@@ -270,7 +270,7 @@ def test_esxcli_software_iscsi_round_trip(sim):
                   "--secret=0123456789abcdef", "--level=required", "-A", "vmhba64"]):
         rc, out, err = shell(sim, "esxcli", *argv)
         assert (rc, out, err) == (0, "", "")
-    rc, out, _ = shell(sim, "esxcli", "--formatter=csv", "iscsi", "adapter", "discovery", "sendtarget", "list")
+    rc, out, _err = shell(sim, "esxcli", "--formatter=csv", "iscsi", "adapter", "discovery", "sendtarget", "list")
     assert parse.esxcli_csv(out) == [{"Adapter": "vmhba64", "Sendtarget": "10.213.99.1:3260"}]
     with api(sim) as c:
         hba = [a for a in host_of(c).configManager.storageSystem.storageDeviceInfo.hostBusAdapter
@@ -285,16 +285,16 @@ def test_esxcli_software_iscsi_round_trip(sim):
                  ["iscsi", "software", "set", "--enabled=false"]):
         rc, out, err = shell(sim, "esxcli", *argv)
         assert (rc, out, err) == (0, "", ""), argv
-    rc, out, _ = shell(sim, "esxcli", "--formatter=csv", "iscsi", "software", "get")
+    rc, out, _err = shell(sim, "esxcli", "--formatter=csv", "iscsi", "software", "get")
     assert parse.esxcli_bool(out.strip()) is False and enabled_api() is False
 
 
 def test_esxcli_storage_listings_and_errors(sim):
-    rc, out, _ = shell(sim, "esxcli", "--formatter=csv", "storage", "filesystem", "list")
+    rc, out, _err = shell(sim, "esxcli", "--formatter=csv", "storage", "filesystem", "list")
     rows = parse.esxcli_csv(out)
     assert sorted(r["VolumeName"] for r in rows) == ["LocalDS_0", "LocalDS_1"]
     assert all(r["Mounted"] == "true" and r["MountPoint"] == "/vmfs/volumes/" + r["VolumeName"] for r in rows)
-    rc, out, _ = shell(sim, "esxcli", "storage", "vmfs", "extent", "list")
+    rc, out, _err = shell(sim, "esxcli", "storage", "vmfs", "extent", "list")
     assert rc == 0 and out.split("\n")[0].split("  ")[:2] == ["Volume Name", "VMFS UUID"]
     rc, out, err = shell(sim, "esxcli", "system", "settings", "advanced", "list", "-o", "/VMFS3/NoSuchOption")
     assert rc != 0 and "Unable to find option" in err
@@ -344,7 +344,7 @@ def test_free_license_refuses_api_changes_but_not_reads(sim):
             vm.snapshot.rootSnapshotList[0].snapshot.RemoveSnapshot_Task(removeChildren=False)
     rc, out, err = shell(sim, "vim-cmd", "vmsvc/snapshot.removeall", vmid)
     assert rc == 0, out + err
-    rc, out, _ = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
+    rc, out, _err = shell(sim, "vim-cmd", "vmsvc/snapshot.get", vmid)
     assert parse.snapshot_get(out) == []
     # a wrong password for the internal user is an ordinary failed login
     from pyVim.connect import SmartConnect
@@ -354,20 +354,20 @@ def test_free_license_refuses_api_changes_but_not_reads(sim):
 
 
 def test_session_sees_esxi_paths_lab_programs_and_a_plain_shell(sim):
-    rc, out, _ = sh(sim, "ls /vmfs/volumes")
+    rc, out, _err = sh(sim, "ls /vmfs/volumes")
     assert rc == 0 and out.split() == ["LocalDS_0", "LocalDS_1"]
     for d in sim["datastores"]:
-        rc, out, _ = shell(sim, "readlink", "/vmfs/volumes/" + d["name"])
+        rc, out, _err = shell(sim, "readlink", "/vmfs/volumes/" + d["name"])
         assert out.strip() == d["local_path"]
     # a real program reads a datastore file by its ESXi path (spaces and brackets quoted by the client)
     v = lab_vm(sim, "powered-off")
     flat = v["disks"][0]
     remote = "/vmfs/volumes/LocalDS_0/%s/%s-flat.vmdk" % (v["name"], v["name"])
-    rc, out, _ = shell(sim, "openssl", "dgst", "-md5", remote)
+    rc, out, _err = shell(sim, "openssl", "dgst", "-md5", remote)
     with open(flat["flat_local"], "rb") as f:
         assert rc == 0 and out.strip() == "MD5(%s)= %s" % (remote, hashlib.md5(f.read()).hexdigest())
-    rc, out, _ = sh(sim, "echo $PATH; for p in vim-cmd vmkfstools esxcli partedUtil; do command -v $p; done; readlink /proc/$$/exe; "
-                         "readlink /proc/self/ns/mnt; test -w /vmfs || echo ro")
+    rc, out, _err = sh(sim, "echo $PATH; for p in vim-cmd vmkfstools esxcli partedUtil; do command -v $p; done; "
+                            "readlink /proc/$$/exe; readlink /proc/self/ns/mnt; test -w /vmfs || echo ro")
     lines = out.splitlines()
     assert lines[0].startswith(os.path.join(sim["_state"], "bin") + ":")
     assert lines[1:5] == [os.path.join(sim["_state"], "bin", p)
@@ -518,10 +518,10 @@ def test_iscsi_datastore_over_ssh(bed):
                if d["DevfsPath"].startswith("/vmfs/devices/disks/naa.")]
     assert len(devices) == 1 and devices[0]["Size"] == "64" and devices[0]["IsLocal"] == "false"
     dev = devices[0]["DevfsPath"]
-    rc, out, _ = esx(b, "partedUtil getptbl %s" % dev)
+    rc, out, _err = esx(b, "partedUtil getptbl %s" % dev)
     table = parse.partedutil_getptbl(out)
     assert (table["label"], table["total_sectors"], table["partitions"]) == ("unknown", BED_LUN_BYTES // 512, [])
-    rc, out, _ = esx(b, "partedUtil getUsableSectors %s" % dev)
+    rc, out, _err = esx(b, "partedUtil getUsableSectors %s" % dev)
     assert out.split() == ["34", str(BED_LUN_BYTES // 512 - 34)]
 
     # the VMFS the free host's API refuses to make, made as on ESXi's shell: partedUtil setptbl, vmkfstools -C
@@ -536,7 +536,7 @@ def test_iscsi_datastore_over_ssh(bed):
         b.disconnect()
     rc, out, err = esx(b, 'partedUtil setptbl %s gpt "%s"' % (dev, parse.vmfs_partition_spec(last)))
     assert (rc, out.split("\n")[0], err) == (0, "gpt", ""), out + err
-    rc, out, _ = esx(b, "partedUtil getptbl %s" % dev)
+    rc, out, _err = esx(b, "partedUtil getptbl %s" % dev)
     assert [(p["number"], p["start"], p["end"], p["guid"], p["type"])
             for p in parse.partedutil_getptbl(out)["partitions"]] == [(1, 2048, last, parse.VMFS_GUID, "vmfs")]
     rc, out, err = esx(b, "vmkfstools -C vmfs6 -S case-ds %s:1" % dev)
@@ -549,11 +549,11 @@ def test_iscsi_datastore_over_ssh(bed):
     extents = csv_rows(b, "esxcli --formatter=csv storage vmfs extent list")
     assert [(e["VolumeName"], e["VMFSUUID"], e["DeviceName"], e["Partition"]) for e in extents] == [
         ("case-ds", uuid, dev.rsplit("/", 1)[1], "1")]
-    rc, out, _ = esx(b, "partedUtil getptbl %s" % dev)
+    rc, out, _err = esx(b, "partedUtil getptbl %s" % dev)
     part = parse.partedutil_getptbl(out)
     assert part["label"] == "gpt" and [(p["number"], p["start"], p["guid"], p["type"]) for p in part["partitions"]] == [
         (1, 2048, parse.VMFS_GUID, "vmfs")]
-    rc, out, _ = esx(b, "readlink /vmfs/volumes/case-ds")
+    rc, out, _err = esx(b, "readlink /vmfs/volumes/case-ds")
     assert out.strip() == uuid
 
     # a powered-off VM's disk cloned onto it by vmkfstools and hashed there with sha256sum, as an examiner would
@@ -562,7 +562,7 @@ def test_iscsi_datastore_over_ssh(bed):
     rc, out, err = esx(b, "mkdir -p /vmfs/volumes/case-ds/case && vmkfstools -i %s -d thin %s"
                        % (quote(src), quote("/vmfs/volumes/case-ds/case/disk 1.vmdk")))
     assert parse.vmkfstools_clone(out, rc)["done"], out + err
-    rc, out, _ = esx(b, "sha256sum %s" % quote("/vmfs/volumes/case-ds/case/disk 1-flat.vmdk"))
+    rc, out, _err = esx(b, "sha256sum %s" % quote("/vmfs/volumes/case-ds/case/disk 1-flat.vmdk"))
     assert rc == 0 and out.split()[0] == sha256(v["disks"][0]["flat_local"])
 
     # released again: unmounted (the volume stays on the LUN), the send target and CHAP gone, the LUN with them
