@@ -26,6 +26,12 @@ Debian's /usr/bin/python3. See BEHAVIOUR-storage.md for what it stands in for.
           files (idempotent). --force: a busy mount is detached lazily instead of failing.
           --delete-partition: before the daemon stops, delete the VMFS partition from the LUN's
           GPT (what RemoveDatastore does to a VMFS volume on ESXi; the data blocks stay).
+  partition --state-dir D --id ID --portal ADDR:PORT --target IQN --lun N --initiator IQN
+          [--user NAME --secret-file F] [--part NUMBER:START:END:TYPE-GUID ...]
+          write a new GPT on the LUN (UpdateDiskPartitions, what partedUtil setptbl does on ESXi):
+          qemu-storage-daemon (writable FUSE export D/ID.export), sfdisk with exactly the partitions given
+          (none: an empty GPT), then the daemon is stopped and its files removed (destroy). Nothing is
+          formatted or mounted.
   sweep   --state-dir D
           destroy --force for every record left in D (after the simulator was killed).
 
@@ -507,6 +513,38 @@ def cmd_create(args):
     return 0
 
 
+def cmd_partition(args):
+    p = paths(args.state_dir, args.id)
+    parts = []
+    for spec in args.part or []:
+        m = re.match(r"^(\d+):(\d+):(\d+):([0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12})$",
+                     spec)
+        if not m:
+            raise Failure("bad --part %r (NUMBER:START:END:TYPE-GUID)" % spec)
+        g = m.group(4).replace("-", "").upper()
+        parts.append((int(m.group(1)), int(m.group(2)), int(m.group(3)),
+                      "%s-%s-%s-%s-%s" % (g[:8], g[8:12], g[12:16], g[16:20], g[20:])))
+    try:
+        os.close(os.open(p["export"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        pid = start_qsd(args, p)
+        size = os.stat(p["export"]).st_size
+        for n, start, end, _g in parts:
+            if n < 1 or n > 128 or start < 34 or end <= start or (end + 1) * 512 > size - 33 * 512:
+                raise Failure("partition %d (sectors %d-%d) does not fit the LUN (%d bytes)" % (n, start, end, size))
+        script = "label: gpt\nunit: sectors\n" + "".join(
+            "%s%d : start=%d, size=%d, type=%s\n" % (p["export"], n, start, end - start + 1, g)
+            for n, start, end, g in sorted(parts))
+        run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", "--wipe", "always", p["export"]], input_text=script,
+            check=True, timeout=60)
+        rc, dump, err = run(["sfdisk", "--dump", p["export"]], check=True)
+        log("%s: qemu-storage-daemon %d: GPT written on %s LUN %d: %s" % (args.id, pid, args.target, args.lun, " ".join(
+            line.split(":", 1)[1].strip() for line in dump.splitlines() if line.startswith(p["export"])) or "no partitions"))
+    finally:
+        destroy(args.state_dir, args.id, force=True)
+    print(json.dumps({"id": args.id, "partitions": len(parts)}))
+    return 0
+
+
 def stop_qsd(pid, export):
     os.kill(pid, signal.SIGTERM)
     deadline = time.time() + QSD_STOP_TIMEOUT
@@ -624,20 +662,28 @@ def main(argv=None):
     de.add_argument("--id", required=True)
     de.add_argument("--force", action="store_true")
     de.add_argument("--delete-partition", action="store_true")
+    pa = sub.add_parser("partition")
+    for opt in ("--state-dir", "--id", "--portal", "--target", "--initiator"):
+        pa.add_argument(opt, required=True)
+    pa.add_argument("--lun", required=True, type=int)
+    pa.add_argument("--user")
+    pa.add_argument("--secret-file")
+    pa.add_argument("--part", action="append")
     sw = sub.add_parser("sweep")
     sw.add_argument("--state-dir", required=True)
     args = ap.parse_args(argv)
     if not args.cmd:
         ap.print_usage(sys.stderr)
         return 2
-    if args.cmd == "create" and bool(args.user) != bool(args.secret_file):
+    if args.cmd in ("create", "partition") and bool(args.user) != bool(args.secret_file):
         ap.error("--user and --secret-file go together")
     if getattr(args, "user", None) and not re.match(r"^[A-Za-z0-9._:-]{1,255}$", args.user):
         log("the CHAP name %r cannot be used here: the lab passes it in a libiscsi URL / QEMU option "
             "(letters, digits, '.', '_', ':' and '-' only)" % args.user)
         return 1
     try:
-        return {"probe": cmd_probe, "create": cmd_create, "destroy": cmd_destroy, "sweep": cmd_sweep}[args.cmd](args)
+        return {"probe": cmd_probe, "create": cmd_create, "partition": cmd_partition, "destroy": cmd_destroy,
+                "sweep": cmd_sweep}[args.cmd](args)
     except Failure as exc:
         log("%s failed: %s" % (args.cmd, exc))
         return 1

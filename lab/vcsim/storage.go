@@ -12,7 +12,8 @@
 //
 // Files: storage.go (set-up, per-host state, labstore runner), storage_iscsi.go
 // (HostStorageSystem), storage_vmfs.go (HostDatastoreSystem, datastores), storage_partinfo.go
-// (RetrieveDiskPartitionInfo: a LUN's partition table read through a read-only export).
+// (RetrieveDiskPartitionInfo: a LUN's partition table read through a read-only export),
+// storage_partwrite.go (UpdateDiskPartitions: a new GPT written on a LUN).
 package main
 
 import (
