@@ -13,7 +13,7 @@ VMCOLLECT_ESXI_SHELL_CONFIG (lab/esxi-shell/sshd.sh writes it and the PATH wrapp
     {"env_file": "/var/tmp/vmcollect-lab/run/vcsim-esx.json"}
 
 The env file is the one vcsim writes (URL, certificate, credentials). The programs log in as the simulator's
-lab-internal user (env lab.license.internal_username/password, BEHAVIOUR-vms.md "Free-ESXi mode") when it has one,
+lab-internal user (env lab.license.internal_username/password, lab/vcsim/BEHAVIOUR-vms.md "Free-ESXi mode") when it has one,
 so that a simulator in free-ESXi mode (-free-license) lets the host's own shell change the host while it refuses
 the same calls from an API client; else as the env file's user. The certificate is pinned (the env's cert_pem is
 the only trust anchor).
