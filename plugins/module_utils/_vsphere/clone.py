@@ -355,7 +355,8 @@ def _split_folder(folder_path):
     return datastore, relative.strip("/")
 
 
-def _parent_folder(path):
+def parent_folder(path):
+    """'[ds] a/b' of '[ds] a/b/c': the datastore folder that holds ``path``."""
     datastore, relative = _client.parse_datastore_path(path)
     return _client.datastore_path(datastore, posixpath.dirname(relative.rstrip("/")))
 
@@ -528,7 +529,7 @@ def check_places(host, items):
     for item in items:
         datastore = _fetch.split_source(item["dest"], host.datastores)[0]
         item["datastore"] = datastore
-        item["folder"] = _parent_folder(item["dest"])
+        item["folder"] = parent_folder(item["dest"])
         if datastore in sources:
             held = [f["path"] for i in items for f in i["source_files"]
                     if _fetch.split_source(f["path"], host.datastores)[0] == datastore]
@@ -739,7 +740,7 @@ def make_folders(host, journal, item):
                                                                  host.client.where))
     for folder in folders:
         host.forget(folder)
-    host.forget(_parent_folder(folders[0]))
+    host.forget(parent_folder(folders[0]))
     journal.mark_applied(change, folders=folders)
     return folders
 
@@ -1059,7 +1060,7 @@ def remove_partial(client, undo, check_mode=False, timeout=None):
         if isinstance(marker, dict) and marker.get("copy_id") == undo["copy_id"]:
             return ("kept: evidence: %s is a completed copy (its marker %s names this copy); a completed copy is never "
                     "removed" % (undo["dest"], undo["marker"]))
-    folder = _parent_folder(undo["dest"])
+    folder = parent_folder(undo["dest"])
     listing = host.listing(folder, fresh=True) or {}
     present = [p for p in undo["dest_files"] if _basename(p) in listing]
     after = " after waiting for the copy task(s) %s" % ", ".join(waited) if waited else ""

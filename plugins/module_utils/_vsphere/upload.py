@@ -22,7 +22,7 @@ import os
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DestinationError, InvalidInputError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import client as _client
-from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.clone import Host, _parent_folder
+from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.clone import Host, parent_folder
 
 MAX_FILE = 64 * 1024 * 1024  # a manifest of thousands of artifacts is a few MiB
 
@@ -66,7 +66,7 @@ def _one(host, item, replace, check_mode):
         data = f.read(MAX_FILE + 1)
     digest = _sha256(data)
     result = {"src": item["src"], "dest": item["dest"], "size": len(data), "sha256": digest}
-    folder = _parent_folder(item["dest"])
+    folder = parent_folder(item["dest"])
     if host.listing(folder) is None:
         raise DestinationError("The folder %s does not exist on %s; this module writes into a folder the case's copies "
                                "made. Nothing was written." % (folder, host.client.where), failed_path=item["dest"])
