@@ -79,28 +79,42 @@ def _connect_in_netns(ns, addr):
 
 
 class Forwarder(object):
+    """127.0.0.1:<port> -> addr inside network namespace ns. Only the accept thread closes its listening socket: a
+    socket closed under a thread blocked in accept() frees its descriptor number for the next socket opened (another
+    Forwarder's), whose connections that thread would then take and send to its own, old upstream."""
+
     def __init__(self, ns, addr):
         self.ns, self.addr = ns, addr
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(16)
+        self.lsock.settimeout(0.2)
         self.port = self.lsock.getsockname()[1]
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        while not self.closed:
-            try:
-                down = self.lsock.accept()[0]
-            except OSError:
-                return
-            try:
-                up = _connect_in_netns(self.ns, self.addr)
-            except OSError:
-                down.close()
-                continue
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        try:
+            while not self.closed:
+                try:
+                    down = self.lsock.accept()[0]
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                down.settimeout(None)
+                if self.closed:
+                    down.close()
+                    return
+                try:
+                    up = _connect_in_netns(self.ns, self.addr)
+                except OSError:
+                    down.close()
+                    continue
+                for a, b in ((down, up), (up, down)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        finally:
+            self.lsock.close()
 
     @staticmethod
     def _pump(src, dst):
@@ -120,8 +134,12 @@ class Forwarder(object):
                     pass
 
     def close(self):
+        # the accept thread sees it within its timeout and closes the socket itself; shutdown wakes it at once
         self.closed = True
-        self.lsock.close()
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 # -- what a LUN holds, what a simulator left attached -----------------------------------------------
