@@ -6,8 +6,10 @@ Without a lab these tests skip, saying so. ``make test`` sets VMCOLLECT_REQUIRE_
 then a missing lab is a failure, not a skip: CI must never pass by skipping the real tests.
 """
 
+import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -94,6 +96,25 @@ def ansible_module(module, args, check=False, popen=False, timeout=600):
     start = out.find("=> {")
     assert start >= 0, out
     return ("FAILED" not in out[:start].rsplit("\n", 1)[-1]), json.loads(out[start + 3:]), out
+
+
+def sha256_file(path):
+    """The SHA-256 of a file, read in 1 MiB blocks (what a test compares a copy or a volume with)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server a test starts)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
 
 
 def journal_records(path):

@@ -31,6 +31,7 @@ import pytest
 
 import vcsim_helpers
 from vcsim_helpers import LAB_DIR, VCSIM
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
 
 TOOLS = ("ip", "nsenter", "tgtd", "iscsi-ls", "iscsi-inq", "iscsi-readcapacity16", "qemu-storage-daemon", "losetup",
          "sfdisk", "mkfs.ext4", "debugfs")
@@ -170,16 +171,8 @@ def attached(state_dir):
                     left.append("loop " + name)
         except OSError:
             pass
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open("/proc/%s/stat" % pid) as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            continue
-        if not zombie and "qemu-storage-daemon" in cmd and state_dir in cmd:
-            left.append("qemu-storage-daemon " + pid)
+    left += ["qemu-storage-daemon %d" % pid for pid in procfs.find_pids(
+        lambda argv: "qemu-storage-daemon" in " ".join(argv) and state_dir in " ".join(argv))]
     return left
 
 

@@ -13,7 +13,6 @@ anything changes; the storage link cut during a copy gives a clear error, no art
 and both hosts clean.
 """
 
-import hashlib
 import json
 import os
 import random
@@ -24,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, ansible_env, case_journal_records, pending_at_work
+from conftest import ROOT, ansible_env, case_journal_records, pending_at_work, sha256_file
 from test_iscsi_target_secrets import Sampler
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
@@ -41,14 +40,6 @@ def _ssh(lab, host_index, command):
     host = lab["hosts"][host_index]
     return subprocess.run(["ssh", "-F", lab["ssh"]["config"], "root@" + host["mgmt_address"], command],
                           check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _records(backing):
@@ -153,7 +144,7 @@ def iscsi(lab, ansible_playbook):
     st = os.stat(backing) if os.path.exists(backing) else None
     records_path = backing + ".verified.jsonl"
     first_records = open(records_path).read() if os.path.exists(records_path) else ""
-    first_digest = _sha256(backing) if st else None
+    first_digest = sha256_file(backing) if st else None
     second = ansible_playbook(PLAYBOOK, *args)
     return {"work": work, "args": args, "check": check, "after_check": after_check, "first": first, "second": second,
             "secret": secret, "sampler": sampler,
@@ -285,7 +276,7 @@ def test_second_run_copies_nothing_again_and_never_writes_the_verified_volume(is
     assert st.st_size == iscsi["backing_stat"].st_size
     # a verified volume is exported and mounted read-only only: not a byte of it changed (ext4's mount count and
     # last write time included), and its first verification record is kept, the second appended
-    assert _sha256(iscsi["backing"]) == iscsi["first_digest"]
+    assert sha256_file(iscsi["backing"]) == iscsi["first_digest"]
     records = _records(iscsi["backing"])
     assert len(records) == 2
     assert open(iscsi["backing"] + ".verified.jsonl").read().startswith(iscsi["first_records"])
@@ -310,7 +301,7 @@ def test_a_vm_not_on_a_sealed_volume_is_refused_and_the_volume_stays_as_it_was(i
     assert result.returncode != 0
     assert "evidence volume is sealed (read-only), but it holds no evidence of %s" % name in result.stdout
     assert "Read-only file system" not in result.stdout
-    assert _sha256(iscsi["backing"]) == iscsi["first_digest"]
+    assert sha256_file(iscsi["backing"]) == iscsi["first_digest"]
     assert _host_traces(lab, iscsi["work"], CASE) == []
 
 

@@ -23,7 +23,6 @@ Takes ~50-100 s once vcsim is built.
 What the lab's simulator does not do is tolerated only where a comment starting with "SIMULATOR:" says so.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,7 @@ import time
 import pytest
 
 import storage_bed
-from conftest import VENV_BIN, journal_records, localhost_ansible
+from conftest import VENV_BIN, journal_records, localhost_ansible, sha256_file
 from storage_bed import VMFS_GUID, attached, debugfs_cat, gpt
 from vcsim_helpers import NEEDS_BUILD, build
 
@@ -412,14 +411,6 @@ def test_state_absent_undoes_the_case_now_and_teardown_finds_nothing_left(bed, j
     assert gpt(bed.backing[3])[0][2] == VMFS_GUID
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def test_a_lun_holding_an_earlier_cases_vmfs_is_never_formatted_again(bed, journal_dir):
     """Case G makes its datastore on LUN 5 and state=absent releases it (unmounted, the volume kept on the LUN); case H,
     given the same LUN (same size and serial), is refused: the host lists the LUN's VMFS partition, and nothing of the
@@ -436,7 +427,7 @@ def test_a_lun_holding_an_earlier_cases_vmfs_is_never_formatted_again(bed, journ
     assert bed.state() == (before, adapter)
     end = LUNS[5][0] // 512 - 34
     assert gpt(bed.backing[5]) == [(2048, end - 2048 + 1, VMFS_GUID)]
-    digest = sha256(bed.backing[5])
+    digest = sha256_file(bed.backing[5])
 
     ok, r, out = play(bed, MODULE, present_args(bed, journal_dir, "case-h", 5, "dfir-case-h"))
     assert not ok and r["changed"] is True, out
@@ -456,7 +447,7 @@ def test_a_lun_holding_an_earlier_cases_vmfs_is_never_formatted_again(bed, journ
     assert [u["action"] for u in td["undone"] if u["action"] != "module.running"] == \
         ["vsphere.iscsi_send_target", "vsphere.iscsi_adapter"]
     assert bed.state() == (before, adapter)
-    assert sha256(bed.backing[5]) == digest
+    assert sha256_file(bed.backing[5]) == digest
     assert gpt(bed.backing[5]) == [(2048, end - 2048 + 1, VMFS_GUID)]
     assert debugfs_cat(bed.backing[5], 2048 * 512, "/case-g/vm1.vmdk") == payload
     print("earlier case's VMFS refused: %.1f s" % (time.monotonic() - t0))

@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from conftest import free_port
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     SshCommandError,
     SshError,
@@ -35,15 +36,6 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh import client 
 pytest.importorskip("paramiko")
 
 SSHD = "/usr/sbin/sshd"
-
-
-def _free_port():
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def _keygen(path, kind, bits=None):
@@ -98,7 +90,7 @@ def sshd(tmp_path_factory):
     client_key = _keygen(os.path.join(folder, "client_ed25519"), "ed25519")
     shutil.copy(client_key + ".pub", os.path.join(folder, "authorized_keys"))
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder (Debian makes it)
-    port = _free_port()
+    port = free_port()
     config = os.path.join(folder, "sshd_config")
     with open(config, "w") as f:
         f.write("\n".join([

@@ -27,15 +27,16 @@ __metaclass__ = type
 import hashlib
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 
 import pytest
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import parse
 from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import quote
+from conftest import free_port, sha256_file
 from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, ROOT, VCSIM, private_simulator, run
 
 SSHD = "/usr/sbin/sshd"
@@ -48,23 +49,6 @@ pytest.importorskip("paramiko")
 SHELL = os.path.join(ROOT, "lab", "esxi-shell")
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def free_port():
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
-
-
 def sshd_ctl(state, cmd, **env):
     return subprocess.run(["bash", os.path.join(SHELL, "sshd.sh"), cmd, state], stdout=subprocess.PIPE, check=False,
                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=60,
@@ -72,18 +56,8 @@ def sshd_ctl(state, cmd, **env):
 
 
 def processes_with(text):
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open("/proc/%s/stat" % pid) as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            continue
-        if text in cmd and not zombie:
-            found.append(pid)
-    return found
+    """Live processes whose NUL-joined argv holds ``text`` (the collection's own /proc scan)."""
+    return procfs.find_pids(lambda argv: text in "\0".join(argv))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +183,7 @@ def test_memory_snapshot_clone_and_remove(sim):
         tree = list(c.find_vm(v["name"]).snapshot.rootSnapshotList)
         assert [(t.name, t.id, t.description) for t in tree] == [("ev 1", snaps[0]["id"], "evidence [x]")]
     disk = v["disks"][0]
-    frozen = sha256(disk["flat_local"])  # the guest now writes to the delta: the base is frozen
+    frozen = sha256_file(disk["flat_local"])  # the guest now writes to the delta: the base is frozen
 
     # the frozen base, cloned thin onto the second datastore by vmkfstools, hashed there by openssl over SSH
     base = "/vmfs/volumes/LocalDS_0/%s/%s.vmdk" % (v["name"], v["name"])
@@ -563,7 +537,7 @@ def test_iscsi_datastore_over_ssh(bed):
                        % (quote(src), quote("/vmfs/volumes/case-ds/case/disk 1.vmdk")))
     assert parse.vmkfstools_clone(out, rc)["done"], out + err
     rc, out, _err = esx(b, "sha256sum %s" % quote("/vmfs/volumes/case-ds/case/disk 1-flat.vmdk"))
-    assert rc == 0 and out.split()[0] == sha256(v["disks"][0]["flat_local"])
+    assert rc == 0 and out.split()[0] == sha256_file(v["disks"][0]["flat_local"])
 
     # released again: unmounted (the volume stays on the LUN), the send target and CHAP gone, the LUN with them
     assert esx(b, "esxcli storage filesystem unmount -l case-ds") == (0, "", "")

@@ -31,6 +31,7 @@ import urllib.parse
 
 import pytest
 
+from conftest import sha256_file
 from vcsim_helpers import BIN, LAB_DIR, NEEDS_SIMULATOR, ON_LINUX, VCSIM, run as _run
 
 RAM = os.path.join(LAB_DIR, "vcsim-ram", "ram-256m.raw")
@@ -144,14 +145,6 @@ def ok(task):
     info = wait(task)
     assert info.state == "success", "%s: %s" % (info.descriptionId, info.error)
     return info
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def extents(path, size):
@@ -333,10 +326,10 @@ def test_esx_memory_snapshot_cycle(esx):
     # the frozen base stops changing; the heartbeat goes on in the delta
     delta = esx.local(pre + "-000001-sesparse.vmdk")
     frozen = heartbeat(flat, hb)
-    h1 = sha256(flat)
+    h1 = sha256_file(flat)
     d1 = wait_heartbeat(delta, hb, frozen)
     time.sleep(2)
-    assert sha256(flat) == h1, "the base changed after the snapshot"
+    assert sha256_file(flat) == h1, "the base changed after the snapshot"
     d2 = heartbeat(delta, hb)
     assert d2 > d1 > frozen, (frozen, d1, d2)
 
@@ -399,7 +392,7 @@ def test_esx_memory_snapshot_cycle(esx):
     clone = esx.local("[LocalDS_0] copies/base-flat.vmdk")
     st = os.stat(clone)
     assert st.st_size == d["virtual_bytes"] and st.st_blocks * 512 < st.st_size // 4
-    assert sha256(clone) == h1
+    assert sha256_file(clone) == h1
     text, ckv = descriptor(esx.local("[LocalDS_0] copies/base.vmdk"))
     assert ckv["createType"] == "vmfs" and ckv["ddb.thinProvisioned"] == "1" and '"base-flat.vmdk"' in text
     info = wait(vdm.CopyVirtualDisk_Task(sourceName=d["descriptor"], sourceDatacenter=dc,
@@ -419,7 +412,7 @@ def test_esx_memory_snapshot_cycle(esx):
         info = ok(fm.CopyDatastoreFile_Task(sourceName=src, sourceDatacenter=dc, destinationName=dst,
                                             destinationDatacenter=dc))
         assert info.entity is None
-        assert sha256(esx.local(dst)) == sha256(esx.local(src))
+        assert sha256_file(esx.local(dst)) == sha256_file(esx.local(src))
 
     # consolidation: the delta's writes land in the base, the snapshot files go
     last = heartbeat(delta, hb)
@@ -459,10 +452,10 @@ def test_esx_quiesce_independent_remove_all(esx):
     assert not os.path.exists(esx.local(pre + "-Snapshot1.vmem"))
     assert os.path.getsize(esx.local(pre + "-Snapshot1.vmsn")) < 4096
     assert not os.path.exists(esx.local(pre + "_1-000001.vmdk"))
-    h0, i0 = sha256(d0["flat_local"]), heartbeat(d1["flat_local"], d1["heartbeat_offset"])
+    h0, i0 = sha256_file(d0["flat_local"]), heartbeat(d1["flat_local"], d1["heartbeat_offset"])
     wait_heartbeat(d1["flat_local"], d1["heartbeat_offset"], i0)  # the independent disk keeps changing
     time.sleep(0.5)
-    assert sha256(d0["flat_local"]) == h0
+    assert sha256_file(d0["flat_local"]) == h0
     # a second snapshot, then RemoveAllSnapshots: everything merges into the base, which stays
     ok(vm.CreateSnapshot_Task(name="disk-only-2", memory=False, quiesce=False))
     assert disks_of(vm)[2000].backing.fileName == pre + "-000002.vmdk"
@@ -504,7 +497,7 @@ def test_esx_powered_off(esx):
     vm = esx.vm(OFF_VM)
     d = v["disks"][0]
     assert vm.runtime.powerState == "poweredOff" and vm.snapshot is None
-    h = sha256(d["flat_local"])
+    h = sha256_file(d["flat_local"])
     with pytest.raises(vim.fault.FileFault):  # no CBT yet
         vm.QueryChangedDiskAreas(deviceKey=2000, startOffset=0, changeId="*")
     ok(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
@@ -519,7 +512,7 @@ def test_esx_powered_off(esx):
     assert vm.snapshot.rootSnapshotList[0].state == "poweredOff"
     assert not vm.snapshot.rootSnapshotList[0].quiesced
     ok(snap.RemoveSnapshot_Task(removeChildren=True))
-    assert sha256(d["flat_local"]) == h and vm.snapshot is None
+    assert sha256_file(d["flat_local"]) == h and vm.snapshot is None
 
 
 # ---- vpx mode -------------------------------------------------------------------------------------
@@ -541,14 +534,14 @@ def test_vpx_mode(built, tmp_path):
         assert resp.status == 401
         resp, body = sim.folder(pre + "-Snapshot1.vmsn", headers={"Range": "bytes=4-7"})
         assert resp.status == 206 and len(body) == 4
-        frozen = sha256(d["flat_local"])
+        frozen = sha256_file(d["flat_local"])
         spec = vim.VirtualDiskManager.FileBackedVirtualDiskSpec(diskType="thin", adapterType="lsiLogic",
                                                                 capacityKb=d["virtual_bytes"] // 1024)
         ok(sim.si.content.virtualDiskManager.CopyVirtualDisk_Task(
             sourceName=d["descriptor"], sourceDatacenter=sim.datacenter(),
             destName="[LocalDS_0] copies/vpx.vmdk", destSpec=spec))
         clone = sim.local("[LocalDS_0] copies/vpx-flat.vmdk")
-        assert os.stat(clone).st_blocks * 512 < d["virtual_bytes"] // 4 and sha256(clone) == frozen
+        assert os.stat(clone).st_blocks * 512 < d["virtual_bytes"] // 4 and sha256_file(clone) == frozen
         areas = vm.QueryChangedDiskAreas(snapshot=snap, deviceKey=2000, startOffset=0, changeId="*")
         assert [(a.start, a.start + a.length) for a in areas.changedArea] == extents(d["flat_local"], d["virtual_bytes"])
         ok(snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
