@@ -100,3 +100,41 @@ def connect(env, **kw):
     from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import VsphereClient
     return VsphereClient(env["host"], env["username"], env["password"], port=env["port"],
                          thumbprint=kw.pop("thumbprint", env["thumbprint_sha256"]), **kw)
+
+
+SHELL_DIR = os.path.join(ROOT, "lab", "esxi-shell")
+
+
+def sshd_ctl(state, cmd, **env):
+    """lab/esxi-shell/sshd.sh CMD STATE with env added."""
+    return subprocess.run(["bash", os.path.join(SHELL_DIR, "sshd.sh"), cmd, state], stdout=subprocess.PIPE,
+                          check=False, stderr=subprocess.STDOUT, universal_newlines=True, timeout=60,
+                          env=dict(os.environ, **env))
+
+
+@contextlib.contextmanager
+def esxi_shell(folder, envfile, port=None, host="127.0.0.1", netns=None):
+    """The lab ESXi host's shell (lab/esxi-shell/sshd.sh) for the simulator of ``envfile``, on host:port (a free
+    port of 127.0.0.1 by default), root logging in with a key made here. Yields dict(state, host, port, key (the
+    private key file), fingerprint (SHA256:... of its host key, as ssh-keygen -lf prints it), known_hosts (a file
+    with its key for that address)); stopped at the end, which must succeed."""
+    from conftest import free_port
+    folder = str(folder)
+    key = os.path.join(folder, "id_ed25519")
+    if not os.path.exists(key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "esxi-shell-test", "-f", key],
+                       check=True)
+    state = os.path.join(folder, "sshd")
+    port = port or free_port()
+    extra = {"ESXI_SHELL_NETNS": netns} if netns else {}
+    started = sshd_ctl(state, "start", ESXI_SHELL_ENV_FILE=envfile, ESXI_SHELL_AUTHORIZED_KEYS=key + ".pub",
+                       ESXI_SHELL_LISTEN="%s:%d" % (host, port), ESXI_SHELL_PYTHON=sys.executable, **extra)
+    assert started.returncode == 0, started.stdout
+    try:
+        fingerprint = subprocess.run(["ssh-keygen", "-lf", os.path.join(state, "ssh_host_ed25519_key.pub")],
+                                     stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()[1]
+        yield {"state": state, "host": host, "port": port, "key": key, "fingerprint": fingerprint,
+               "known_hosts": os.path.join(state, "known_hosts")}
+    finally:
+        stopped = sshd_ctl(state, "stop", **extra)
+    assert stopped.returncode == 0, stopped.stdout

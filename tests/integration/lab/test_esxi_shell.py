@@ -37,7 +37,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import parse
 from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import quote
 from conftest import free_port, sha256_file
-from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, ROOT, VCSIM, private_simulator, run
+from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, ROOT, VCSIM, esxi_shell, private_simulator, run, sshd_ctl
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = [NEEDS_SIMULATOR, ON_LINUX,
@@ -47,12 +47,6 @@ pytest.importorskip("pyVmomi")
 pytest.importorskip("paramiko")
 
 SHELL = os.path.join(ROOT, "lab", "esxi-shell")
-
-
-def sshd_ctl(state, cmd, **env):
-    return subprocess.run(["bash", os.path.join(SHELL, "sshd.sh"), cmd, state], stdout=subprocess.PIPE, check=False,
-                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=60,
-                          env=dict(os.environ, **env))
 
 
 def processes_with(text):
@@ -67,28 +61,16 @@ def sim(tmp_path_factory):
     ram = run("bash", os.path.join(VCSIM, "ram_image.sh"), stderr=subprocess.PIPE, timeout=600)
     assert ram.returncode == 0, ram.stderr
     image = ram.stdout.strip().splitlines()[-1]
-    key = str(tmp / "id_ed25519")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "esxi-shell-test", "-f", key], check=True)
     with private_simulator(tmp, "esxi-shell", args="-lab-vms -ram-image %s -ds 2 -free-license" % image) as env:
-        state = str(tmp / "sshd")
-        port = free_port()
-        started = sshd_ctl(state, "start", ESXI_SHELL_ENV_FILE=str(tmp / ("esxi-shell-%d.json" % os.getpid())),
-                           ESXI_SHELL_AUTHORIZED_KEYS=key + ".pub", ESXI_SHELL_LISTEN="127.0.0.1:%d" % port,
-                           ESXI_SHELL_PYTHON=sys.executable)
-        assert started.returncode == 0, started.stdout
-        try:
-            # the pin as an examiner takes it from the host's console: ssh-keygen -lf of the host key
-            fingerprint = subprocess.run(["ssh-keygen", "-lf", os.path.join(state, "ssh_host_ed25519_key.pub")],
-                                         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()[1]
-            env.update(_state=state, _port=port, _key=key, _fingerprint=fingerprint)
-            with SshClient("127.0.0.1", port=port, private_key_file=key, host_key_fingerprint=fingerprint) as ssh:
+        # the pin as an examiner takes it from the host's console: ssh-keygen -lf of the host key
+        with esxi_shell(tmp, str(tmp / ("esxi-shell-%d.json" % os.getpid()))) as sh_:
+            env.update(_state=sh_["state"], _port=sh_["port"], _key=sh_["key"], _fingerprint=sh_["fingerprint"])
+            with SshClient("127.0.0.1", port=sh_["port"], private_key_file=sh_["key"],
+                           host_key_fingerprint=sh_["fingerprint"]) as ssh:
                 env["_ssh"] = ssh
                 yield env
-        finally:
-            stopped = sshd_ctl(state, "stop")
-        assert stopped.returncode == 0, stopped.stdout
-        assert processes_with(os.path.join(state, "sshd_config")) == []
-        assert processes_with(os.path.join(state, "bin")) == []
+        assert processes_with(os.path.join(sh_["state"], "sshd_config")) == []
+        assert processes_with(os.path.join(sh_["state"], "bin")) == []
 
 
 def shell(env, program, *args, **kw):
