@@ -32,7 +32,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 const (
@@ -106,6 +108,16 @@ func setupLicense(ctx *labContext) error {
 	ctx.Env["refused_fault"] = "vim.fault.RestrictedVersion"
 	ctx.Env["refused_message"] = restrictedVersionMsg
 	if g.free {
+		// a free host lists the "vSphere Hypervisor" licence, edition esxBasic (what scripts check to tell a free
+		// host, e.g. William Lam's ghettoVCB-era checks of LicenseManager.licenses[].editionKey)
+		if ref := ctx.Model.ServiceContent.LicenseManager; ref != nil {
+			if lm, ok := simulator.Map.Get(*ref).(*simulator.LicenseManager); ok {
+				lm.Licenses = []types.LicenseManagerLicenseInfo{{
+					LicenseKey: "00000-00000-00000-00000-00000", EditionKey: "esxBasic",
+					Name: "VMware vSphere 8 Hypervisor", Total: 0, Used: 1, CostUnit: "cpuPackage",
+				}}
+			}
+		}
 		log.Printf("license: free ESXi: API calls that change the host are refused (RestrictedVersion) except for "+
 			"the lab shell's user %s", g.user)
 	}

@@ -31,6 +31,10 @@ description:
     connection, removes exactly this snapshot (never another), consolidates the disks if vSphere asks for it, and
     checks each disk writes to its file of before again - also after a crash or a killed playbook.
   - Idempotent per case. A VM already frozen for the case is reported with C(changed=false).
+  - With O(engine=ssh) (or O(engine=auto) on a host with the free licence, whose API is read-only) the snapshot is
+    made and removed by the host's own C(vim-cmd vmsvc/snapshot.create) and C(vmsvc/snapshot.remove) over SSH, as
+    the field method does on a free ESXi host. Everything else - the plan and its refusals, the journal, the frozen
+    chains, the pause from C(vmware.log) - reads the vSphere API, which a free host answers.
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 options:
@@ -67,10 +71,22 @@ options:
     type: list
     elements: str
     default: []
+  engine:
+    description:
+      - What changes the host. V(api) - the vSphere API (C(CreateSnapshot_Task), C(RemoveSnapshot_Task)). V(ssh) - the
+        host's shell over SSH (C(vim-cmd)), see O(ssh). V(auto) - the API where the host's licence lets it write, SSH
+        where the licence is the free one (edition C(esxBasic)); RV(engine_choice) says which and why.
+      - The snapshot's undo (teardown) uses the engine that made it; with V(ssh), give teardown O(ssh) in its
+        C(connection).
+      - With V(ssh) a quiesce gets the host's own timeout; O(quiesce_timeout) is not used.
+    type: str
+    choices: [api, ssh, auto]
+    default: api
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.vsphere
   - dfir.vmcollect.vsphere.vm
+  - dfir.vmcollect.esxi_ssh
   - dfir.vmcollect.journal
 attributes:
   check_mode:
@@ -208,9 +224,23 @@ quiesced:
   returned: success
   type: bool
 method:
-  description: V(vSphere memory snapshot) or V(vSphere snapshot) (disks only).
+  description: V(vSphere memory snapshot) or V(vSphere snapshot) (disks only), with V( (vim-cmd over SSH)) after it
+    when the SSH engine made it.
   returned: success
   type: str
+engine:
+  description: The engine that made (or would make) the snapshot, V(api) or V(ssh).
+  returned: success
+  type: str
+engine_choice:
+  description: C(engine), C(requested), C(why) (for V(auto) from the host's licences, which C(licences) lists).
+  returned: success
+  type: dict
+ssh_host_key:
+  description: With the SSH engine, how the host's SSH key was checked - C(verified), C(how), C(key_type),
+    C(fingerprint_sha256), C(known_hosts).
+  returned: when the SSH engine was used
+  type: dict
 tls:
   description: How the endpoint's identity was checked - C(verified), C(how), C(thumbprint_sha256) of the certificate seen.
   returned: success
@@ -229,6 +259,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ENGINES, choose_engine, ssh_client, ssh_option_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.snapshot import ShellSnapshots
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import (
@@ -252,6 +284,8 @@ def main():
             quiesce=dict(type="bool", default=False),
             quiesce_timeout=dict(type="int", default=_vsphere_snapshot.DEFAULT_QUIESCE_TIMEOUT),
             accept_not_frozen=dict(type="list", elements="str", default=[]),
+            engine=dict(type="str", choices=list(ENGINES), default="api"),
+            ssh=ssh_option_spec(),
             **dict(vsphere_argument_spec(), **journal_spec())
         ),
         supports_check_mode=True,
@@ -266,10 +300,17 @@ def main():
         with at_work(None if module.check_mode else journal, "esxi_snapshot",
                      "freeze VM %s on %s" % (p["name"] or p["uuid"], p["hostname"])):
             with client_from_params(p) as client:
-                result = _vsphere_snapshot.freeze(
-                    journal, client, name=p["name"], uuid=p["uuid"], memory=p["memory"],
-                    allow_disk_only=p["allow_disk_only"], quiesce=p["quiesce"], quiesce_timeout=p["quiesce_timeout"],
-                    accept_not_frozen=p["accept_not_frozen"], check_mode=module.check_mode)
+                choice = choose_engine(p["engine"], client)
+                kwargs = dict(name=p["name"], uuid=p["uuid"], memory=p["memory"], allow_disk_only=p["allow_disk_only"],
+                              quiesce=p["quiesce"], quiesce_timeout=p["quiesce_timeout"],
+                              accept_not_frozen=p["accept_not_frozen"], check_mode=module.check_mode)
+                if choice["engine"] == "ssh":
+                    with ssh_client(p) as ssh:
+                        result = _vsphere_snapshot.freeze(journal, client, shell=ShellSnapshots(ssh), **kwargs)
+                        result["ssh_host_key"] = ssh.host_key_record()
+                else:
+                    result = _vsphere_snapshot.freeze(journal, client, **kwargs)
+                result["engine_choice"] = choice
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(journal=journal.path, **result)

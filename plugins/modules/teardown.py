@@ -86,6 +86,45 @@ options:
       timeout:
         description: Seconds each vSphere task of an undo (a snapshot's removal, a consolidation) may take.
         type: int
+      ssh:
+        description:
+          - How to log in over SSH to an ESXi host whose changes the SSH engine made (the C(ssh) option of
+            M(dfir.vmcollect.esxi_snapshot) and the other ESXi modules with an engine,
+            the same suboptions; user and password default to O(connection.username) and O(connection.password)
+            unless a private key is given). The host key is checked as there.
+          - Unused for changes made through the vSphere API.
+        type: dict
+        suboptions:
+          port:
+            description: TCP port of the host's SSH server.
+            type: int
+            default: 22
+          username:
+            description: User to log in as (default O(connection.username)).
+            type: str
+          password:
+            description: That user's password (default O(connection.password) without a private key).
+            type: str
+          private_key_file:
+            description: Private key to log in with.
+            type: path
+          private_key_passphrase:
+            description: The passphrase of an encrypted private key.
+            type: str
+          known_hosts:
+            description: OpenSSH known_hosts file holding the host's key (default C(~/.ssh/known_hosts)).
+            type: path
+          host_key_fingerprint:
+            description: Pin the host key by its SHA256 fingerprint instead.
+            type: str
+          timeout:
+            description: Seconds for the connection and the login.
+            type: int
+            default: 30
+          command_timeout:
+            description: Seconds one command of an undo may run.
+            type: int
+            default: 3600
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.journal
@@ -154,6 +193,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ssh_option_spec
 
 # Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
 # without it, those records fail to undo with the handler's own message.
@@ -182,6 +222,7 @@ def argument_spec():
             thumbprint=dict(type="str"),
             datacenter=dict(type="str"),
             timeout=dict(type="int"),
+            ssh=ssh_option_spec(),
         )),
         **journal_spec()
     )

@@ -108,6 +108,9 @@ def choose_engine(requested, client):
         raise InvalidInputError("engine must be one of %s, not %r." % (", ".join(ENGINES), requested))
     if requested != "auto":
         return {"engine": requested, "requested": requested, "why": "asked for", "licences": None}
+    if client.about().get("api_type") == "VirtualCenter":
+        return {"engine": "api", "requested": "auto", "licences": None,
+                "why": "a vCenter manages the host (a free ESXi host cannot be managed by one): its API changes it"}
     editions = licence_editions(client)
     names = ", ".join("%s (%s)" % (e["name"] or "?", e["edition_key"] or "?") for e in editions) or "none listed"
     if is_free(editions):

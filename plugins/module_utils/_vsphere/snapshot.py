@@ -36,12 +36,14 @@ import os
 import socket
 import time
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, SnapshotError, VsphereError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import InvalidInputError, SnapshotError, VmcollectError, VsphereError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import undo_handler
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client import (
     DEFAULT_TIMEOUT,
     HAS_PYVMOMI,
     client_from_params,
+    fault_name,
+    fault_sentence,
     moref,
     vim,
     vmodl,
@@ -213,10 +215,14 @@ def _memory_files(layout, snap_ref, wanted):
 
 @vsphere_errors("freeze the VM", error=SnapshotError)
 def freeze(journal, client, name=None, uuid=None, memory=True, allow_disk_only=False, quiesce=False,
-           quiesce_timeout=DEFAULT_QUIESCE_TIMEOUT, accept_not_frozen=(), check_mode=False):
+           quiesce_timeout=DEFAULT_QUIESCE_TIMEOUT, accept_not_frozen=(), check_mode=False, shell=None):
     """Freeze the VM with a snapshot; idempotent for a case (an existing freeze is reported, not redone).
 
-    Returns dict(changed, vm, frozen, skipped_disks, memory, snapshot, snapshot_time, quiesced, method, tls, note).
+    ``shell`` (an _esxi_shell.snapshot.ShellSnapshots): the SSH engine makes the snapshot with the host's vim-cmd;
+    everything else reads the API as with the API engine.
+
+    Returns dict(changed, vm, frozen, skipped_disks, memory, snapshot, snapshot_time, quiesced, method, tls, note,
+    engine).
     """
     if quiesce and not QUIESCE_TIMEOUT_MIN <= int(quiesce_timeout) <= QUIESCE_TIMEOUT_MAX:
         raise InvalidInputError("quiesce_timeout must be %d to %d minutes (vSphere's bounds), not %s."
@@ -230,9 +236,13 @@ def freeze(journal, client, name=None, uuid=None, memory=True, allow_disk_only=F
     about = client.about()
     p = plan(desc, memory, allow_disk_only, quiesce, accept_not_frozen, about["api_version"])
     method = "vSphere memory snapshot" if p["memory"] else "vSphere snapshot"
+    vmid = None
+    if shell is not None:
+        vmid = shell.vmid(desc)  # a read: the same in check mode
+        method += " (vim-cmd over SSH)"
     name_ = snapshot_name(journal.case_id)
     result = {"vm": vm_info, "skipped_disks": p["skipped"], "method": method, "tls": client.tls_record(),
-              "quiesced": bool(quiesce)}
+              "quiesced": bool(quiesce), "engine": "ssh" if shell is not None else "api"}
     if check_mode:
         planned = {"name": name_, "moref": None, "id": None, "created": None}
         result.update(changed=True, frozen=planned_frozen(p["freeze"]), snapshot=planned, memory=None,
@@ -249,31 +259,52 @@ def freeze(journal, client, name=None, uuid=None, memory=True, allow_disk_only=F
         "snapshots_before": [{"moref": s["moref"], "name": s["name"]} for s in desc["snapshots"]],
         "current_snapshot_before": (desc["current_snapshot"] or {}).get("moref"),
         "consolidation_needed_before": desc["consolidation_needed"],
+        "engine": "ssh" if shell is not None else "api",
     }
+    if shell is not None:
+        undo.update(vmid=vmid, ssh_endpoint=shell.where)
     change = journal.record_change(ACTION, undo, "snapshot %r of VM %s (%s, %s) on %s"
                                    % (name_, desc["name"], desc["moref"], desc["uuid"], client.where), module=MODULE)
     description = snapshot_description(journal.case_id, client.username, p["memory"])
     what = "create the snapshot %r of VM %s" % (name_, desc["name"])
-    try:
-        if quiesce:
-            task = vm.CreateSnapshotEx_Task(name=name_, description=description, memory=p["memory"],
-                                            quiesceSpec=vim.vm.GuestQuiesceSpec(timeout=int(quiesce_timeout)))
-        else:
-            task = vm.CreateSnapshot_Task(name=name_, description=description, memory=p["memory"], quiesce=False)
-        snap_ref = client.wait_for_task(task, what)
-    except VsphereError as exc:
-        raise SnapshotError("%s The journal keeps the change: teardown removes the snapshot if vSphere made it "
-                            "(it waits for a snapshot task still running)." % exc.message.rstrip(),
-                            vm=vm_info, changed=True, **exc.details)
+    snap_ref = None
+    if shell is not None:
+        try:
+            shell.create(vmid, name_, description, p["memory"], bool(quiesce))
+        except VmcollectError as exc:
+            raise SnapshotError("%s The journal keeps the change: teardown removes the snapshot if the host made it."
+                                % exc.message.rstrip(), vm=vm_info, changed=True, **exc.details)
+    else:
+        try:
+            if quiesce:
+                task = vm.CreateSnapshotEx_Task(name=name_, description=description, memory=p["memory"],
+                                                quiesceSpec=vim.vm.GuestQuiesceSpec(timeout=int(quiesce_timeout)))
+            else:
+                task = vm.CreateSnapshot_Task(name=name_, description=description, memory=p["memory"],
+                                              quiesce=False)
+        except vmodl.MethodFault as fault:
+            # refused by the call itself: no task, no snapshot - the journal says so, nothing is left to undo
+            journal.mark_undone(change, "never made: %s refused the call (%s)" % (client.where, fault_name(fault)))
+            hint = (" The host's licence forbids changes through its API (a free ESXi host): use engine ssh (or auto)."
+                    if fault_name(fault) == "RestrictedVersion" else "")
+            raise SnapshotError("%s Nothing was made.%s" % (fault_sentence(fault, what, client.where).rstrip(), hint),
+                                vm=vm_info, fault=fault_name(fault))
+        try:
+            snap_ref = client.wait_for_task(task, what)
+        except VsphereError as exc:
+            raise SnapshotError("%s The journal keeps the change: teardown removes the snapshot if vSphere made it "
+                                "(it waits for a snapshot task still running)." % exc.message.rstrip(),
+                                vm=vm_info, changed=True, **exc.details)
     props = client.properties(vm, SNAPSHOT_PATHS)
     layout = Layout(props.get("layoutEx"))
     tree = flatten_snapshots(props.get("snapshot"), layout)
-    node = next((s for s in tree if s["moref"] == moref(snap_ref)), None)
+    node = next((s for s in tree if s["moref"] == moref(snap_ref)), None) if snap_ref is not None else None
     if node is None:
         node = next((s for s in tree if s["name"] == name_), None)
-    ref = node["moref"] if node else moref(snap_ref)
+    ref = node["moref"] if node else (moref(snap_ref) if snap_ref is not None else None)
     snapshot_time = node["created"] if node else None
-    journal.mark_applied(change, snapshot=ref, snapshot_name=name_, snapshot_time=snapshot_time)
+    journal.mark_applied(change, snapshot=ref, snapshot_name=name_, snapshot_time=snapshot_time,
+                         snapshot_id=node["id"] if node else None)
     if node is None:
         raise SnapshotError("vSphere reported the snapshot %r of VM %s (%s) as made, but the VM's snapshot tree does "
                             "not show it; teardown removes it if it appears." % (name_, desc["name"], ref), vm=vm_info)
@@ -353,7 +384,7 @@ def _already_frozen(client, vm, desc, vm_info, record):
                          "description": node["description"]},
             "snapshot_time": node["created"], "quiesced": node["quiesced"],
             "method": "vSphere memory snapshot" if undo["memory"] else "vSphere snapshot",
-            "tls": client.tls_record(),
+            "tls": client.tls_record(), "engine": undo.get("engine") or "api",
             "note": "Already frozen for this case by the snapshot %r (%s); nothing was changed."
                     % (node["name"], node["moref"])}
 
@@ -396,8 +427,9 @@ def _wait_for_snapshot_tasks(client, vm, timeout):
 
 
 @vsphere_errors("remove the acquisition's snapshot", error=SnapshotError)
-def remove_freeze(client, undo, check_mode=False, timeout=None):
-    """Undo one ``vsphere.snapshot`` change (see the module docstring); returns a sentence."""
+def remove_freeze(client, undo, check_mode=False, timeout=None, shell=None):
+    """Undo one ``vsphere.snapshot`` change (see the module docstring); returns a sentence. ``shell`` (SSH engine):
+    the snapshot is removed with the host's vim-cmd."""
     timeout = timeout or client.timeout
     vm = _vm_for_undo(client, undo)
     waited = [] if check_mode else _wait_for_snapshot_tasks(client, vm, timeout)
@@ -415,9 +447,15 @@ def remove_freeze(client, undo, check_mode=False, timeout=None):
         if check_mode:
             return "would remove the %s (%s) and check its disks' leaves" % (label, snap["moref"])
         children = [s for s in tree if s["parent"] == snap["moref"]]
-        task = vim.vm.Snapshot(snap["moref"], client.si._stub).RemoveSnapshot_Task(  # pylint: disable=protected-access
-            removeChildren=False, consolidate=True)
-        client.wait_for_task(task, "remove the %s" % label, timeout)
+        if shell is not None:
+            vmx = client.properties(vm, ["config.files.vmPathName"]).get("config.files.vmPathName")
+            vmid = shell.vmid({"vmx": vmx, "datastores": ()})
+            shell.remove(vmid, snap["id"], timeout)
+            label += " (vim-cmd over SSH)"
+        else:
+            task = vim.vm.Snapshot(snap["moref"], client.si._stub).RemoveSnapshot_Task(  # pylint: disable=protected-access
+                removeChildren=False, consolidate=True)
+            client.wait_for_task(task, "remove the %s" % label, timeout)
         kept = (", its child snapshot(s) %s kept" % ", ".join(repr(c["name"]) for c in children)) if children else ""
         said.append("removed the %s (%s)%s" % (label, snap["moref"], kept))
     else:
@@ -427,6 +465,10 @@ def remove_freeze(client, undo, check_mode=False, timeout=None):
             return said[0]
     props = client.properties(vm, SNAPSHOT_PATHS)
     if props.get("runtime.consolidationNeeded") and not undo.get("consolidation_needed_before"):
+        if shell is not None:
+            raise SnapshotError("The disks of VM %s need consolidation after the %s was removed; the host's licence "
+                                "forbids it through the API. Consolidate them in the ESXi host client (Snapshots > "
+                                "Consolidate), then run teardown again." % (undo["vm_name"], label))
         task = vm.ConsolidateVMDisks_Task()
         client.wait_for_task(task, "consolidate the disks of VM %s" % undo["vm_name"], timeout)
         props = client.properties(vm, SNAPSHOT_PATHS)
@@ -465,6 +507,14 @@ def _undo_snapshot(undo, ctx):
                             "password, and thumbprint or ca_file) to remove it."
                             % (undo["snapshot_name"], undo["vm_name"], undo["endpoint"]))
     started = time.monotonic()
+    if undo.get("engine") == "ssh":
+        from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ssh_client
+        from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.snapshot import ShellSnapshots
+        with client_from_params(options) as client:
+            with ssh_client(options) as ssh:
+                sentence = remove_freeze(client, undo, ctx.check_mode, options.get("timeout") or DEFAULT_TIMEOUT,
+                                         shell=ShellSnapshots(ssh))
+        return "%s (%.1f s)" % (sentence, time.monotonic() - started) if not ctx.check_mode else sentence
     with client_from_params(options) as client:
         sentence = remove_freeze(client, undo, ctx.check_mode, options.get("timeout") or DEFAULT_TIMEOUT)
     return "%s (%.1f s)" % (sentence, time.monotonic() - started) if not ctx.check_mode else sentence
