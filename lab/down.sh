@@ -47,7 +47,10 @@ for sock in "$LAB_DIR"/ansible/cp/*; do
   rm -f "$sock"
 done
 
-# ---- 2b. the simulated ESXi host --------------------------------------------------------------------
+# ---- 2b. the simulated ESXi host (its shell's sshd first, then the simulator) ---------------------------
+if [ -e "$LAB_HOSTS/esx/sshd.pid" ]; then
+  ESXI_SHELL_NETNS="$NS_ESX" timeout 60 bash "$LAB_SRC/esxi-shell/sshd.sh" stop "$LAB_HOSTS/esx" 2>&1 | sed 's/^/  /'
+fi
 if [ -e "$LAB_RUN/vcsim-esx.pid" ] || [ -e "$VCSIM_ESX_ENV" ] || [ -d "$LAB_DIR/vcsim-ds/vcsim-esx" ]; then
   LAB_DIR="$LAB_DIR" timeout 200 bash "$LAB_SRC/vcsim/vcsim.sh" stop "$VCSIM_ESX_ENV" 2>&1 | sed 's/^/  /'
 fi

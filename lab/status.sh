@@ -66,6 +66,7 @@ c = http.client.HTTPSConnection(sys.argv[2], e["port"], timeout=5, context=ssl.c
 c.request("GET", "/sdk/vimServiceVersions.xml")
 sys.exit(c.getresponse().status != 200)
 ' "$VCSIM_ESX_ENV" "$ESX_MGMT_ADDR"
+check "esx shell sshd" "$LAB_HOSTS/esx" bash "$LAB_SRC/esxi-shell/sshd.sh" status "$LAB_HOSTS/esx"
 check "lab.json" "$LAB_DIR/lab.json" test -s "$LAB_DIR/lab.json"
 
 if [ $FAILS = 0 ]; then

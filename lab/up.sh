@@ -165,6 +165,8 @@ Host kvm1 $NS_KVM
   HostName $KVM_MGMT_ADDR
 Host collector1 $NS_COLL
   HostName $COLL_MGMT_ADDR
+Host $ESX_NAME $NS_ESX
+  HostName $ESX_MGMT_ADDR
 Host *
   User root
   IdentityFile $LAB_SSH/id_ed25519
@@ -330,6 +332,22 @@ ssh_check() {
   ssh -F "$LAB_SSH/ssh_config" "root@$KVM_MGMT_ADDR" "virsh -c $LIBVIRT_URI domstate $GUEST_NAME" | grep -q running
 }
 
+# The simulated ESXi host's shell over SSH (lab/esxi-shell, a LAB EMULATOR): an sshd in its namespace on its
+# management address, whose vim-cmd/vmkfstools/esxcli/partedUtil act on the simulator. Its host key is made once in
+# $LAB_HOSTS/esx and added to the lab's known_hosts; root logs in with the lab's key.
+esx_shell_start() {
+  ESXI_SHELL_ENV_FILE="$VCSIM_ESX_ENV" ESXI_SHELL_AUTHORIZED_KEYS="$LAB_SSH/id_ed25519.pub" \
+    ESXI_SHELL_NETNS="$NS_ESX" ESXI_SHELL_LISTEN="$ESX_MGMT_ADDR:22" \
+    bash "$LAB_SRC/esxi-shell/sshd.sh" start "$LAB_HOSTS/esx"
+  grep -v "^$ESX_MGMT_ADDR " "$LAB_SSH/known_hosts" > "$LAB_SSH/known_hosts.tmp" || true
+  cat "$LAB_HOSTS/esx/known_hosts" >> "$LAB_SSH/known_hosts.tmp"
+  mv "$LAB_SSH/known_hosts.tmp" "$LAB_SSH/known_hosts"
+  chmod 0644 "$LAB_SSH/known_hosts"
+  local got
+  got=$(ssh -F "$LAB_SSH/ssh_config" "root@$ESX_NAME" vim-cmd vmsvc/getallvms | head -1)
+  case "$got" in Vmid*) echo "esx shell answers: $got" ;; *) echo "esx shell: unexpected answer: $got"; return 1 ;; esac
+}
+
 write_configs() {
   local marker A=$LAB_DIR/ansible esx_iqn
   marker=$(cat "$LAB_STATE/guest-marker")
@@ -363,7 +381,7 @@ kvm1 ansible_host=$KVM_MGMT_ADDR lab_netns=$NS_KVM lab_hostname=$NS_KVM storage_
 
 # the simulated ESXi host, reached through its API from this controller (playbooks/acquire_esxi.yml)
 [esxi_hosts]
-$ESX_NAME ansible_host=$ESX_MGMT_ADDR ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}" esxi_acquire_username=$esx_user esxi_acquire_password=$esx_password esxi_acquire_ca_file=$esx_cert vmcollect_storage_address=$ESX_STOR_ADDR vmcollect_initiator_iqn=$esx_iqn vmcollect_collector_address=$COLL_ESX_STOR_ADDR
+$ESX_NAME ansible_host=$ESX_MGMT_ADDR ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}" esxi_acquire_username=$esx_user esxi_acquire_password=$esx_password esxi_acquire_ca_file=$esx_cert esxi_acquire_ssh_username=root esxi_acquire_ssh_known_hosts=$LAB_SSH/known_hosts esxi_acquire_ssh_private_key_file=$LAB_SSH/id_ed25519 vmcollect_storage_address=$ESX_STOR_ADDR vmcollect_initiator_iqn=$esx_iqn vmcollect_collector_address=$COLL_ESX_STOR_ADDR
 
 [collectors]
 collector1 ansible_host=$COLL_MGMT_ADDR lab_netns=$NS_COLL lab_hostname=$NS_COLL storage_address=$COLL_STOR_ADDR storage_peer_address=$KVM_STOR_ADDR vmcollect_storage_address=$COLL_STOR_ADDR esx_storage_address=$COLL_ESX_STOR_ADDR esx_storage_peer_address=$ESX_STOR_ADDR
@@ -379,7 +397,7 @@ lab_guest=$GUEST_NAME
 lab_libvirt_uri=$LIBVIRT_URI
 lab_kvm_storage_address=$KVM_STOR_ADDR
 lab_collector_storage_address=$COLL_STOR_ADDR
-# the simulated ESXi host $ESX_NAME (vcsim, no SSH: not an inventory host); its API: lab_esx_url
+# the simulated ESXi host $ESX_NAME (vcsim; its shell over SSH is lab/esxi-shell); its API: lab_esx_url
 lab_esx_netns=$NS_ESX
 lab_esx_mgmt_address=$ESX_MGMT_ADDR
 lab_esx_url=https://$ESX_MGMT_ADDR/sdk
@@ -407,6 +425,9 @@ EOF
     "esxi_hosts.0.url=https://$ESX_MGMT_ADDR/sdk" "esxi_hosts.0.vcsim_env=$VCSIM_ESX_ENV" \
     "esxi_hosts.0.storage_address=$ESX_STOR_ADDR" "esxi_hosts.0.storage_peer_address=$COLL_ESX_STOR_ADDR" \
     "esxi_hosts.0.iscsi_adapter=vmhba64" "esxi_hosts.0.iscsi_name=$esx_iqn" \
+    "esxi_hosts.0.ssh.port=22" "esxi_hosts.0.ssh.known_hosts=$LAB_SSH/known_hosts" \
+    "esxi_hosts.0.ssh.host_key_fingerprint=$(cat "$LAB_HOSTS/esx/host_key.fingerprint")" \
+    "esxi_hosts.0.ssh.state_dir=$LAB_HOSTS/esx" \
     "guest.name=$GUEST_NAME" "guest.uuid=$GUEST_UUID" "guest.marker=$marker" \
     "guest.memory_mib=$GUEST_MEM_MIB" "guest.vcpus=1" "guest.virt_type=qemu" "guest.host=kvm1" \
     "guest.console_log=$LAB_GUEST/logs/console.log" "guest.known_files_sha256=$LAB_GUEST/known-files.sha256" \
@@ -444,6 +465,7 @@ step "ssh keys + configs"         ssh_setup
 step "kvm host libvirt folders"   kvm_state_dirs
 step "start hosts (sshd/libvirt)" start_hosts
 step "esx1 (vcsim) start"         esx_start
+step "esx1 shell (sshd) start"    esx_shell_start
 step "guest define + boot"        guest_start
 step "ssh + hostname check"       ssh_check
 step "ansible.cfg/inventory/json" write_configs
