@@ -35,9 +35,31 @@ description:
     software adapter only at its next reboot - the result (RV(adapter_enabled_by_us)) and the undo say so.
   - O(state=absent) does that undo now for this module's changes of the case on the host, and marks them undone in
     the journal.
+  - With O(engine=ssh) (or V(auto) on a host with the free licence) the same steps, records and rules, but the changes
+    are made by the host's own shell over SSH (O(ssh)), for a free ESXi host whose vSphere API only reads (it refuses
+    changes with C(RestrictedVersion)) - C(esxcli iscsi software set), C(esxcli iscsi adapter discovery sendtarget
+    add), CHAP with C(esxcli iscsi adapter discovery sendtarget auth chap set), C(esxcli storage core adapter rescan),
+    the blank check with C(partedUtil getptbl), the datastore with C(partedUtil setptbl) and C(vmkfstools -C), and in
+    the undo C(esxcli storage filesystem unmount) (never a removal of the volume). Reads still go through the vSphere
+    API. Each journal record names the engine that made it (C(engine=ssh) in its undo data), and its undo
+    (M(dfir.vmcollect.teardown) with C(connection.ssh), or O(state=absent) with O(ssh)) uses the shell too.
+  - With the SSH engine the CHAP secret is on the host's process list for the instant of the one C(esxcli ... chap set)
+    command that sets it - esxcli takes it only as an argument (ESXi may also keep its shell's commands in its own log).
+    It is in that command only; never in a result, the journal, a log or an error message (masked). A host whose
+    esxcli has no CHAP per send target gets it on the adapter, under the same rules as the API engine's fallback.
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 options:
+  engine:
+    description:
+      - What changes the host - V(api) its vSphere API, V(ssh) its own shell over SSH (O(ssh); for a free ESXi host,
+        whose API is read-only), V(auto) the SSH engine when the host's licence is the free one, else the API. The
+        engine used and why are returned (RV(engine), RV(engine_choice)).
+      - The SSH engine changes a standalone ESXi host reached at O(hostname); a vCenter is refused with it.
+      - With O(state=absent) each journaled change is undone by the engine that made it.
+    type: str
+    choices: [api, ssh, auto]
+    default: api
   state:
     description:
       - V(present) attaches the LUN as a datastore, V(adapter) only ensures software iSCSI and returns the IQN,
@@ -64,6 +86,8 @@ options:
     description:
       - The CHAP secret. Sent to the host only; never written to the journal, a result or a log. Required with
         O(state=present).
+      - With the SSH engine it is an argument of the one C(esxcli) command that sets it, so it is on the host's
+        process list while that command runs (see the description).
       - Since ESXi never returns a CHAP secret, a rerun with another secret sets it again while the datastore is not
         made yet.
     type: str
@@ -90,17 +114,21 @@ options:
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.vsphere
+  - dfir.vmcollect.esxi_ssh
   - dfir.vmcollect.journal
 attributes:
   check_mode:
     support: full
-    details: Reads the host and returns the plan - which steps would be made; changes nothing, journals nothing.
+    details:
+      - Reads the host and returns the plan - which steps would be made; changes nothing, journals nothing.
+      - With the SSH engine it logs in over SSH (the host key is checked) but runs no command there.
   diff_mode:
     support: none
 notes:
   - O(datacenter) narrows the search for the host to that datacenter.
-  - The steps, their journal records, the undo order and its limits are in the module_utils docstring
-    (C(plugins/module_utils/_vsphere/storage.py)).
+  - The steps, their journal records, the undo order and its limits are in the module_utils docstrings
+    (C(plugins/module_utils/_vsphere/storage.py); the SSH engine's commands in
+    C(plugins/module_utils/_esxi_shell/storage.py)).
 seealso:
   - module: dfir.vmcollect.setup_iscsi_target
   - module: dfir.vmcollect.teardown
@@ -133,6 +161,24 @@ EXAMPLES = r"""
     case_id: case-42
   delegate_to: localhost
   register: evidence_datastore
+
+- name: The same on a free ESXi host, through its shell over SSH (its API only reads)
+  dfir.vmcollect.esxi_iscsi_datastore:
+    hostname: esxi2.example.org
+    username: root
+    password: "{{ vault_esxi_password }}"
+    thumbprint: "{{ esxi2_thumbprint }}"
+    engine: auto
+    ssh:
+      host_key_fingerprint: "SHA256:{{ esxi2_ssh_fingerprint }}"
+    target_address: 10.0.5.20
+    chap_name: "{{ lun.chap_user }}"
+    chap_secret: "{{ lun.chap_secret }}"
+    size_bytes: "{{ lun.size_bytes }}"
+    serial: "{{ lun.serial }}"
+    datastore_name: dfir-case-42
+    case_id: case-42
+  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -190,6 +236,22 @@ undone:
   returned: state is absent
   type: list
   elements: dict
+engine:
+  description: The engine that changed the host (V(api) or V(ssh)), O(engine=auto) resolved.
+  returned: success
+  type: str
+engine_choice:
+  description:
+    - How the engine was chosen, for the case manifest - C(engine), C(requested), C(why), C(licences) (with
+      O(engine=auto) the host's licences, C(edition_key) and C(name) each; else V(null)).
+  returned: success
+  type: dict
+ssh_host_key:
+  description:
+    - How the SSH host's identity was checked - C(verified), C(how) (V(known_hosts) or V(fingerprint)),
+      C(key_type), C(fingerprint_sha256), C(known_hosts).
+  returned: the SSH engine was used with state present or adapter
+  type: dict
 tls:
   description: How the endpoint's identity was checked - C(verified), C(how), C(thumbprint_sha256) of the certificate seen.
   returned: success
@@ -219,11 +281,29 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere.client imp
     vsphere_argument_spec,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import storage as _vsphere_storage
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import (
+    ENGINES,
+    Shell,
+    choose_engine,
+    ssh_client,
+    ssh_option_spec,
+)
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import storage as _shell_storage
+
+
+def _restricted_hint(exc, engine):
+    """A free host's refusal of the API engine's change, with what to do."""
+    if engine == "api" and exc.details.get("fault") == "RestrictedVersion":
+        exc.message = ("%s The host's licence lets its vSphere API only read (a free ESXi host): use engine=ssh (or "
+                       "auto) to make the change through its shell." % exc.message.rstrip())
+    return exc
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            engine=dict(type="str", default="api", choices=list(ENGINES)),
+            ssh=ssh_option_spec(),
             state=dict(type="str", default="present", choices=["present", "adapter", "absent"]),
             esxi_hostname=dict(type="str"),
             target_address=dict(type="str"),
@@ -246,6 +326,7 @@ def main():
         module.fail_json(msg=missing_required_lib("pyvmomi"), exception=PYVMOMI_IMPORT_ERROR)
     p = module.params
     state = p["state"]
+    choice = None
     try:
         journal = Journal(p["case_id"], p["journal_dir"])
         what = {"present": "attach an iSCSI LUN as datastore %s" % p["datastore_name"],
@@ -253,14 +334,22 @@ def main():
         with at_work(None if module.check_mode else journal, "esxi_iscsi_datastore",
                      "%s on %s" % (what, p["esxi_hostname"] or p["hostname"])):
             with client_from_params(p) as client:
-                if state == "adapter":
-                    result = _vsphere_storage.adapter(journal, client, esxi_hostname=p["esxi_hostname"],
-                                                      check_mode=module.check_mode)
-                elif state == "absent":
+                choice = choose_engine(p["engine"], client)
+                if state == "absent":
+                    # each record is undone by the engine that made it (its "engine"): the SSH one with p["ssh"]
                     options = dict((k, p[k]) for k in CLIENT_OPTIONS if p.get(k) is not None)
+                    if p["ssh"]:
+                        options["ssh"] = p["ssh"]
                     result = _vsphere_storage.absent(journal, client, options, esxi_hostname=p["esxi_hostname"],
                                                      check_mode=module.check_mode,
                                                      secrets=tuple(module.no_log_values))
+                elif choice["engine"] == "ssh":
+                    with ssh_client(p) as ssh:
+                        result = _ssh_engine(module, journal, client, Shell(ssh))
+                        result["ssh_host_key"] = ssh.host_key_record()
+                elif state == "adapter":
+                    result = _vsphere_storage.adapter(journal, client, esxi_hostname=p["esxi_hostname"],
+                                                      check_mode=module.check_mode)
                 else:
                     result = _vsphere_storage.present(
                         journal, client, p["target_address"], p["size_bytes"], p["datastore_name"], p["chap_name"],
@@ -268,8 +357,23 @@ def main():
                         serial=p["serial"], canonical_name=p["canonical_name"], esxi_hostname=p["esxi_hostname"],
                         check_mode=module.check_mode)
     except VmcollectError as exc:
-        fail_module(module, exc, changed=False)
-    module.exit_json(journal=journal.path, **result)
+        if choice is not None:
+            exc.details.setdefault("engine", choice["engine"])
+            exc.details.setdefault("engine_choice", choice)
+        fail_module(module, _restricted_hint(exc, choice["engine"] if choice else p["engine"]), changed=False)
+    module.exit_json(journal=journal.path, engine=choice["engine"], engine_choice=choice, **result)
+
+
+def _ssh_engine(module, journal, client, shell):
+    """state adapter or present through the host's shell."""
+    p = module.params
+    if p["state"] == "adapter":
+        return _shell_storage.adapter(journal, client, shell, esxi_hostname=p["esxi_hostname"],
+                                      check_mode=module.check_mode)
+    return _shell_storage.present(
+        journal, client, shell, p["target_address"], p["size_bytes"], p["datastore_name"], p["chap_name"],
+        p["chap_secret"], port=p["target_port"], chap_required=p["chap_required"], serial=p["serial"],
+        canonical_name=p["canonical_name"], esxi_hostname=p["esxi_hostname"], check_mode=module.check_mode)
 
 
 if __name__ == "__main__":

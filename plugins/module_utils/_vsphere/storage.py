@@ -51,6 +51,13 @@ Undo, newest first (teardown, or ``state=absent`` for this case's records of the
 Handlers log in with the connection options teardown's caller gives (``ctx.options``); credentials are never in
 the journal. The journal lives where the module runs (the controller).
 
+Engines: this file is the API engine and the one copy of the steps, the records and the rules. The SSH engine
+(``_esxi_shell/storage.py``, for a free ESXi host whose API only reads) reuses them: its run subclasses ``Run`` and
+replaces only the writes (``_enable_software_iscsi``, ``_add_send_target``, ``_set_target_chap``,
+``_set_adapter_chap``, ``_rescan``, ``check_blank``, ``create_datastore``), and its records are these actions with
+``"engine": "ssh"`` in the undo dict. The undo functions below take the writer of the engine that made the change
+(``writer_for``; ``ApiWriter`` here); a record naming another engine is handed to it (``ENGINE_UNDO``).
+
 Limits: the software adapter outlives the undo until a reboot (ESXi); a CHAP secret the adapter had before is
 never overwritten (the fallback refuses), but one that a journal record says was set cannot be written back; a
 host that cannot list a LUN's partitions (RetrieveDiskPartitionInfo) gets no datastore on it (refused, nothing
@@ -406,7 +413,16 @@ def _fault_text(exc):
 
 class _Run(object):
     """One run of the module: the journal, the session, the changes made (for the result and for a failure's
-    sentence) and, in check mode, the plan."""
+    sentence) and, in check mode, the plan.
+
+    The host changes go through the vSphere API here. Each write is a method of its own (``_enable_software_iscsi``,
+    ``_add_send_target``, ``_set_target_chap``, ``_set_adapter_chap``, ``_rescan``, and ``check_blank``,
+    ``create_datastore``), so that another engine (the ESXi shell's, ``_esxi_shell.storage``) makes the same steps
+    with its own writes; the reads, the journal records and the rules stay here, one copy for both."""
+
+    engine = "api"
+    # how a failure's sentence says to undo the changes made so far
+    teardown_with = "the vSphere connection"
 
     def __init__(self, journal, client, check_mode, secrets=()):
         self.journal = journal
@@ -425,8 +441,11 @@ class _Run(object):
         return self._api_type
 
     def base_undo(self, host):
-        return {"endpoint": self.client.where, "api_type": self.api_type(), "host_moref": host.moref,
+        undo = {"endpoint": self.client.where, "api_type": self.api_type(), "host_moref": host.moref,
                 "host_name": host.name, "storage_system": moref(host.ss), "datastore_system": moref(host.dss)}
+        if self.engine != "api":  # an API record has no engine key (journals of earlier versions neither)
+            undo["engine"] = self.engine
+        return undo
 
     def mine(self, action, host, **match):
         return self.journal.find(action, endpoint=self.client.where, host_moref=host.moref, **match)
@@ -448,8 +467,8 @@ class _Run(object):
         message = self.scrub(err.message)
         if self.changes:
             message = "%s The changes made so far (%s) stay in the case's journal %s: run teardown for the case (with " \
-                      "the vSphere connection) to undo them." % (message.rstrip(), "; ".join(self.changes),
-                                                                 self.journal.path)
+                      "%s) to undo them." % (message.rstrip(), "; ".join(self.changes), self.journal.path,
+                                             self.teardown_with)
             err.details.setdefault("changes", list(self.changes))
             err.details["changed"] = True
         err.message = message
@@ -479,13 +498,16 @@ class _Run(object):
             change = self.journal.record_change(
                 ACTION_ADAPTER, undo, "software iSCSI enabled on %s of %s (ESXi removes the adapter again only at "
                 "its next reboot)" % (host.label, self.client.where), module=MODULE)
-        host.ss.UpdateSoftwareInternetScsiEnabled(enabled=True)
+        self._enable_software_iscsi(host)
         hba = self.wait_for_adapter(host)
         if change:
             self.journal.mark_applied(change, device=hba["device"], iqn=hba["iqn"])
         self.enabled_by_us = True
         self.changes.append("enabled software iSCSI on %s: adapter %s, IQN %s" % (host.label, hba["device"], hba["iqn"]))
         return hba
+
+    def _enable_software_iscsi(self, host):
+        host.ss.UpdateSoftwareInternetScsiEnabled(enabled=True)
 
     def wait_for_adapter(self, host, timeout=ADAPTER_WAIT):
         deadline = time.monotonic() + timeout
@@ -526,18 +548,7 @@ class _Run(object):
                                "removes it and rescans)" % (portal_text(address, port), hba["device"], host.label,
                                                             chap_name, level))
                 change = self.journal.record_change(ACTION_SEND_TARGET, undo, description, module=MODULE)
-            auth = self.auth(chap_name, chap_secret, level)
-            target = vim.host.InternetScsiHba.SendTarget(address=address, port=port, authenticationProperties=auth)
-            try:
-                host.ss.AddInternetScsiSendTargets(iScsiHbaDevice=hba["device"], targets=[target])
-            except vmodl.MethodFault as exc:
-                if not _is_fault(exc, CHAP_REFUSED):
-                    raise
-                # a host that takes no CHAP with a new send target: add it plainly, CHAP is set on it next
-                self.notes.append("%s did not take CHAP with the new send target (%s); it was set on the target "
-                                  "afterwards." % (self.client.where, _fault_text(exc)))
-                host.ss.AddInternetScsiSendTargets(iScsiHbaDevice=hba["device"], targets=[
-                    vim.host.InternetScsiHba.SendTarget(address=address, port=port)])
+            self._add_send_target(host, hba, address, port, chap_name, chap_secret, level)
             if change:
                 self.journal.mark_applied(change)
             added = True
@@ -552,6 +563,21 @@ class _Run(object):
             self.changes[-1] += " with CHAP (name %s, %s) on the target" % (chap_name, level)
             return chap
         return self.set_target_chap(host, hba, existing, address, port, chap_name, chap_secret, level)
+
+    def _add_send_target(self, host, hba, address, port, chap_name, chap_secret, level):
+        """The send target added, with CHAP where the host takes it with the target (else CHAP is set on it next)."""
+        auth = self.auth(chap_name, chap_secret, level)
+        target = vim.host.InternetScsiHba.SendTarget(address=address, port=port, authenticationProperties=auth)
+        try:
+            host.ss.AddInternetScsiSendTargets(iScsiHbaDevice=hba["device"], targets=[target])
+        except vmodl.MethodFault as exc:
+            if not _is_fault(exc, CHAP_REFUSED):
+                raise
+            # a host that takes no CHAP with a new send target: add it plainly, CHAP is set on it next
+            self.notes.append("%s did not take CHAP with the new send target (%s); it was set on the target "
+                              "afterwards." % (self.client.where, _fault_text(exc)))
+            host.ss.AddInternetScsiSendTargets(iScsiHbaDevice=hba["device"], targets=[
+                vim.host.InternetScsiHba.SendTarget(address=address, port=port)])
 
     @staticmethod
     def auth(chap_name, chap_secret, level):
@@ -576,17 +602,8 @@ class _Run(object):
                 ACTION_CHAP, undo, "CHAP (name %s, %s) on the send target %s of adapter %s of %s; before: %s "
                 "(the secret is never journaled)" % (chap_name, level, portal_text(address, port), hba["device"],
                                                      host.label, chap_text(st["auth"])), module=MODULE)
-        target_set = vim.host.InternetScsiHba.TargetSet(
-            sendTargets=[vim.host.InternetScsiHba.SendTarget(address=address, port=port)])
-        refused = None
-        try:
-            host.ss.UpdateInternetScsiAuthenticationProperties(
-                iScsiHbaDevice=hba["device"], authenticationProperties=self.auth(chap_name, chap_secret, level),
-                targetSet=target_set)
-        except vmodl.MethodFault as exc:
-            if not _is_fault(exc, CHAP_REFUSED):
-                raise
-            refused = _fault_text(exc)
+        refused = self._set_target_chap(host, hba, address, port, chap_name, chap_secret, level)
+        if refused is not None:
             if change:
                 self.journal.mark_undone(change, "the host refused CHAP on the send target (%s): nothing was changed"
                                          % refused)
@@ -601,6 +618,20 @@ class _Run(object):
                 return {"scope": "send_target", "name": chap_name, "level": level}
             refused = "it took the call but the send target shows %s" % chap_text(now["auth"] if now else None)
         return self.set_adapter_chap(host, hba, st, address, port, chap_name, chap_secret, level, refused)
+
+    def _set_target_chap(self, host, hba, address, port, chap_name, chap_secret, level):
+        """CHAP set on the send target; None, or what the host answered when it refuses CHAP on a send target."""
+        target_set = vim.host.InternetScsiHba.TargetSet(
+            sendTargets=[vim.host.InternetScsiHba.SendTarget(address=address, port=port)])
+        try:
+            host.ss.UpdateInternetScsiAuthenticationProperties(
+                iScsiHbaDevice=hba["device"], authenticationProperties=self.auth(chap_name, chap_secret, level),
+                targetSet=target_set)
+        except vmodl.MethodFault as exc:
+            if not _is_fault(exc, CHAP_REFUSED):
+                raise
+            return _fault_text(exc)
+        return None
 
     def set_adapter_chap(self, host, hba, st, address, port, chap_name, chap_secret, level, refused):
         hba = software_adapter(host.storage(self.client)[0])
@@ -630,9 +661,7 @@ class _Run(object):
                 ACTION_CHAP, undo, "CHAP (name %s, %s) on the adapter %s of %s itself (the host refused it on the "
                 "send target); before: %s (the secret is never journaled)"
                 % (chap_name, level, hba["device"], host.label, chap_text(own)), module=MODULE)
-        host.ss.UpdateInternetScsiAuthenticationProperties(iScsiHbaDevice=hba["device"],
-                                                           authenticationProperties=self.auth(chap_name, chap_secret,
-                                                                                              level))
+        self._set_adapter_chap(host, hba, chap_name, chap_secret, level)
         if change:
             self.journal.mark_applied(change)
         hba = software_adapter(host.storage(self.client)[0])
@@ -644,14 +673,22 @@ class _Run(object):
                             % (chap_name, level, hba["device"], refused, chap_text(own)))
         return {"scope": "adapter", "name": chap_name, "level": level}
 
+    def _set_adapter_chap(self, host, hba, chap_name, chap_secret, level):
+        host.ss.UpdateInternetScsiAuthenticationProperties(iScsiHbaDevice=hba["device"],
+                                                           authenticationProperties=self.auth(chap_name, chap_secret,
+                                                                                              level))
+
     # -- 3. rescan ------------------------------------------------------------------------------------------------
     def rescan(self, host, hba):
         if self.check_mode:
             self.plan.append("rescan the adapter %s" % (hba["device"] if hba else "(new)"))
             return
         started = time.monotonic()
-        host.ss.RescanHba(hbaDevice=hba["device"])
+        self._rescan(host, hba["device"])
         self.changes.append("rescanned the adapter %s (%.1f s)" % (hba["device"], time.monotonic() - started))
+
+    def _rescan(self, host, device):
+        host.ss.RescanHba(hbaDevice=device)
 
     # -- 4. the LUN -------------------------------------------------------------------------------------------------
     def find_lun(self, host, address, port, size_bytes, serial, canonical_name):
@@ -711,10 +748,7 @@ class _Run(object):
             for p in getattr(spec, "partition", None) or []:
                 parts.append("%s (%s, sectors %s-%s)" % (p.partition, p.type, p.startSector, p.endSector))
         if parts:
-            raise VsphereError("The LUN %s holds partition%s %s already (a VMFS of an earlier run?); it is never "
-                               "formatted again. No datastore was made and nothing was formatted: mount what it holds "
-                               "by hand after checking it, or give the collector a new LUN."
-                               % (lun["canonical_name"], "s" if len(parts) > 1 else "", ", ".join(parts)))
+            raise VsphereError(holds_partitions(lun, parts))
 
     @staticmethod
     def blind(why, lun):
@@ -758,6 +792,17 @@ class _Run(object):
         return view
 
 
+def holds_partitions(lun, parts):
+    """The refusal of a LUN that holds partitions (``parts``: '1 (vmfs, sectors 2048-N)' each): never formatted."""
+    return ("The LUN %s holds partition%s %s already (a VMFS of an earlier run?); it is never formatted again. No "
+            "datastore was made and nothing was formatted: mount what it holds by hand after checking it, or give the "
+            "collector a new LUN." % (lun["canonical_name"], "s" if len(parts) > 1 else "", ", ".join(parts)))
+
+
+# the base of the engines' runs (_esxi_shell.storage.ShellRun is the SSH engine's)
+Run = _Run
+
+
 def chap_text(auth):
     if auth is None:
         return "no CHAP settings"
@@ -796,9 +841,10 @@ def _ds_result(view):
                                        "vmfs_version", "extents"))
 
 
-def adapter(journal, client, esxi_hostname=None, check_mode=False):
-    """state=adapter: software iSCSI on (journaled), its adapter and IQN returned."""
-    run = _Run(journal, client, check_mode)
+def adapter(journal, client, esxi_hostname=None, check_mode=False, runner=None):
+    """state=adapter: software iSCSI on (journaled), its adapter and IQN returned. ``runner(journal, client,
+    check_mode, secrets)``: the run of another engine (default: the API's)."""
+    run = (runner or _Run)(journal, client, check_mode, ())
     try:
         host = find_host(client, esxi_hostname)
         hba = run.ensure_adapter(host)
@@ -814,11 +860,11 @@ def adapter(journal, client, esxi_hostname=None, check_mode=False):
 
 
 def present(journal, client, address, size_bytes, datastore_name, chap_name, chap_secret, port=DEFAULT_PORT,
-            chap_required=True, serial=None, canonical_name=None, esxi_hostname=None, check_mode=False):
+            chap_required=True, serial=None, canonical_name=None, esxi_hostname=None, check_mode=False, runner=None):
     """state=present (see the module docstring). Returns dict(changed, host, adapter, adapter_enabled_by_us,
-    send_target, chap, lun, datastore, changes, plan, tls, note)."""
+    send_target, chap, lun, datastore, changes, plan, tls, note). ``runner``: as for adapter()."""
     check_inputs(address, port, size_bytes, datastore_name, chap_name, chap_secret, serial, canonical_name)
-    run = _Run(journal, client, check_mode, secrets=(chap_secret,))
+    run = (runner or _Run)(journal, client, check_mode, (chap_secret,))
     try:
         return _present(run, address, port, size_bytes, datastore_name, chap_name, chap_secret,
                         chap_level(chap_required), serial, canonical_name, esxi_hostname)
@@ -937,11 +983,80 @@ def _adapter_by_device(info, device):
     return hba if hba is not None and hba["device"] == device else None
 
 
+class ApiWriter(object):
+    """The writes of the undo through the vSphere API (HostStorageSystem). Another engine gives the undo functions a
+    writer of its own with these methods and names (``writer_for``); the reads and the rules stay in the functions.
+    ``detach`` and ``forget_detached`` return None, or what the host answered when it lacks the call."""
+
+    unmount_how = "UnmountVmfsVolume"
+    detach_how = "DetachScsiLun"
+    forget_how = "DeleteScsiLunState"
+
+    def __init__(self, host):
+        self.host = host
+
+    def unmount(self, vmfs_uuid, name):  # pylint: disable=unused-argument
+        self.host.ss.UnmountVmfsVolume(vmfsUuid=vmfs_uuid)
+
+    def detach(self, lun):
+        try:
+            self.host.ss.DetachScsiLun(lunUuid=lun["uuid"])
+        except vmodl.MethodFault as exc:
+            if not _is_fault(exc, UNSUPPORTED):
+                raise
+            return fault_name(exc)
+        return None
+
+    def forget_detached(self, canonical_name):
+        try:
+            self.host.ss.DeleteScsiLunState(lunCanonicalName=canonical_name)
+        except vmodl.MethodFault as exc:
+            if not _is_fault(exc, UNSUPPORTED + ("NotFound", "InvalidArgument")):
+                raise
+            return fault_name(exc)
+        return None
+
+    def remove_send_target(self, device, address, port):
+        self.host.ss.RemoveInternetScsiSendTargets(iScsiHbaDevice=device, targets=[
+            vim.host.InternetScsiHba.SendTarget(address=address, port=port)])
+
+    def remove_static_targets(self, device, statics):
+        self.host.ss.RemoveInternetScsiStaticTargets(iScsiHbaDevice=device, targets=[
+            vim.host.InternetScsiHba.StaticTarget(address=s["address"], port=s["port"], iScsiName=s["iqn"])
+            for s in statics])
+
+    def rescan(self, device):
+        self.host.ss.RescanHba(hbaDevice=device)
+
+    def put_chap(self, device, scope, address, port, before):
+        """CHAP of the send target (scope send_target) or the adapter back to ``before`` (auth_view()): inherited, off,
+        or on with the recorded name and level (no secret: ESXi never returns one)."""
+        if before.get("chap_inherited"):
+            props = vim.host.InternetScsiHba.AuthenticationProperties(chapAuthEnabled=False, chapInherited=True,
+                                                                      chapAuthenticationType=PROHIBITED)
+        elif _chap_off(before):
+            props = vim.host.InternetScsiHba.AuthenticationProperties(chapAuthEnabled=False, chapInherited=False,
+                                                                      chapAuthenticationType=PROHIBITED)
+        else:
+            props = vim.host.InternetScsiHba.AuthenticationProperties(
+                chapAuthEnabled=True, chapInherited=False, chapName=before["chap_name"],
+                chapAuthenticationType=before["chap_type"])
+        kwargs = {"iScsiHbaDevice": device, "authenticationProperties": props}
+        if scope == "send_target":
+            kwargs["targetSet"] = vim.host.InternetScsiHba.TargetSet(
+                sendTargets=[vim.host.InternetScsiHba.SendTarget(address=address, port=port)])
+        self.host.ss.UpdateInternetScsiAuthenticationProperties(**kwargs)
+
+    def set_software_iscsi(self, enabled):
+        self.host.ss.UpdateSoftwareInternetScsiEnabled(enabled=enabled)
+
+
 @vsphere_errors("release the evidence datastore")
-def release_datastore(client, undo, check_mode=False):
+def release_datastore(client, undo, check_mode=False, writer_for=ApiWriter):
     """Undo ``vsphere.vmfs_datastore``: UnmountVmfsVolume, then DetachScsiLun where the host has it. Never
-    RemoveDatastore."""
+    RemoveDatastore. ``writer_for(host)``: the writer of the engine that made the change (ApiWriter here)."""
     host = _host_for_undo(client, undo)
+    writer = writer_for(host)
     name, lun_name = undo["datastore_name"], undo["lun"]["canonical_name"]
     info, fs = host.storage(client)
     volumes = [v for v in vmfs_volumes(fs) if v["name"] == name and lun_name in v["extents"]]
@@ -957,11 +1072,11 @@ def release_datastore(client, undo, check_mode=False):
                                "(the files stay), then run teardown again." % (_capital(label), len(vms),
                                                                                ", ".join(vms)))
         if check_mode:
-            return ("would unmount %s (VMFS %s) with UnmountVmfsVolume and detach the LUN; never RemoveDatastore: the "
-                    "evidence stays on the LUN" % (label, vol["uuid"]))
-        host.ss.UnmountVmfsVolume(vmfsUuid=vol["uuid"])
-        said.append("unmounted %s (VMFS %s) with UnmountVmfsVolume, never RemoveDatastore: the volume and the evidence "
-                    "on it stay on the LUN" % (label, vol["uuid"]))
+            return ("would unmount %s (VMFS %s) with %s and detach the LUN; never RemoveDatastore: the evidence stays "
+                    "on the LUN" % (label, vol["uuid"], writer.unmount_how))
+        writer.unmount(vol["uuid"], name)
+        said.append("unmounted %s (VMFS %s) with %s, never RemoveDatastore: the volume and the evidence on it stay on "
+                    "the LUN" % (label, vol["uuid"], writer.unmount_how))
     elif volumes:
         said.append("%s was unmounted already" % label)
     else:
@@ -975,22 +1090,21 @@ def release_datastore(client, undo, check_mode=False):
     elif check_mode:
         said.append("would detach the LUN")
     else:
-        try:
-            host.ss.DetachScsiLun(lunUuid=lun["uuid"])
-            said.append("detached the LUN (DetachScsiLun; its send target's undo forgets its state)")
-        except vmodl.MethodFault as exc:
-            if not _is_fault(exc, UNSUPPORTED):
-                raise
-            said.append("the host cannot detach the LUN (DetachScsiLun: %s); it goes with its send target"
-                        % fault_name(exc))
+        lacking = writer.detach(lun)
+        if lacking is None:
+            said.append("detached the LUN (%s; its send target's undo forgets its state)" % writer.detach_how)
+        else:
+            said.append("the host cannot detach the LUN (%s: %s); it goes with its send target"
+                        % (writer.detach_how, lacking))
     return "; ".join(said)
 
 
 @vsphere_errors("put back the CHAP settings of the software iSCSI adapter")
-def restore_chap(client, undo, check_mode=False):
+def restore_chap(client, undo, check_mode=False, writer_for=ApiWriter):
     """Undo ``vsphere.iscsi_chap``: the send target's or the adapter's CHAP as recorded (a secret that was set
     before cannot be read back from ESXi, which the sentence says)."""
     host = _host_for_undo(client, undo)
+    writer = writer_for(host)
     info, _fs = host.storage(client)
     hba = _adapter_by_device(info, undo["device"])
     before = undo["before"]
@@ -1003,34 +1117,21 @@ def restore_chap(client, undo, check_mode=False):
         if st is None:
             return "%s is gone, its CHAP with it" % what
         now = st["auth"]
-        target_set = vim.host.InternetScsiHba.TargetSet(
-            sendTargets=[vim.host.InternetScsiHba.SendTarget(address=undo["address"], port=undo["port"])])
     else:
         now = hba["auth"]
         what = "the adapter %s" % hba["device"]
-        target_set = None
     if _same_chap(now, before):
         return "CHAP of %s is as found (%s)" % (what, chap_text(before))
     if before.get("chap_inherited"):
-        props = vim.host.InternetScsiHba.AuthenticationProperties(chapAuthEnabled=False, chapInherited=True,
-                                                                  chapAuthenticationType=PROHIBITED)
         secret_note = ""
     elif _chap_off(before):
-        props = vim.host.InternetScsiHba.AuthenticationProperties(chapAuthEnabled=False, chapInherited=False,
-                                                                  chapAuthenticationType=PROHIBITED)
         secret_note = "; no secret was set before, so none is lost (ESXi never returns one)"
     else:
-        props = vim.host.InternetScsiHba.AuthenticationProperties(
-            chapAuthEnabled=True, chapInherited=False, chapName=before["chap_name"],
-            chapAuthenticationType=before["chap_type"])
         secret_note = ("; ESXi never returns a CHAP secret, so the secret set before could not be read and written "
                        "back: set it again by hand")
     if check_mode:
         return "would put CHAP of %s back from %s to %s" % (what, chap_text(now), chap_text(before))
-    kwargs = {"iScsiHbaDevice": hba["device"], "authenticationProperties": props}
-    if target_set is not None:
-        kwargs["targetSet"] = target_set
-    host.ss.UpdateInternetScsiAuthenticationProperties(**kwargs)
+    writer.put_chap(hba["device"], undo["scope"], undo.get("address"), undo.get("port"), before)
     return "put CHAP of %s back from %s to %s%s" % (what, chap_text(now), chap_text(before), secret_note)
 
 
@@ -1047,10 +1148,11 @@ def _same_chap(now, before):
 
 
 @vsphere_errors("remove the collector's send target")
-def remove_send_target(client, undo, check_mode=False):
+def remove_send_target(client, undo, check_mode=False, writer_for=ApiWriter):
     """Undo ``vsphere.iscsi_send_target``: the send target removed (and static targets it left), a rescan so its
     LUN disappears, DeleteScsiLunState for a LUN that was detached."""
     host = _host_for_undo(client, undo)
+    writer = writer_for(host)
     info, fs = host.storage(client)
     hba = _adapter_by_device(info, undo["device"])
     portal_label = portal_text(undo["address"], undo["port"])
@@ -1075,45 +1177,41 @@ def remove_send_target(client, undo, check_mode=False):
     said = []
     detached = [d for d in reached if "off" in d["operational_state"]]
     if present_:
-        host.ss.RemoveInternetScsiSendTargets(iScsiHbaDevice=hba["device"], targets=[
-            vim.host.InternetScsiHba.SendTarget(address=undo["address"], port=undo["port"])])
+        writer.remove_send_target(hba["device"], undo["address"], undo["port"])
         said.append("removed the send target %s from the adapter %s of %s" % (portal_label, hba["device"], host.label))
     else:
         said.append("the send target %s was removed already" % portal_label)
     left = [s for s in software_adapter(host.storage(client)[0])["static_targets"] if s["parent"] == portal]
     if left:
-        host.ss.RemoveInternetScsiStaticTargets(iScsiHbaDevice=hba["device"], targets=[
-            vim.host.InternetScsiHba.StaticTarget(address=s["address"], port=s["port"], iScsiName=s["iqn"])
-            for s in left])
+        writer.remove_static_targets(hba["device"], left)
         said.append("removed the static target(s) it had discovered (%s)" % ", ".join(s["iqn"] for s in left))
     elif statics and present_:
         said.append("its static target(s) went with it")
     started = time.monotonic()
-    host.ss.RescanHba(hbaDevice=hba["device"])
+    writer.rescan(hba["device"])
     info, _fs = host.storage(client)
     still = [d for d in disk_views(info) if d["canonical_name"] in set(x["canonical_name"] for x in reached)]
     gone = [d["canonical_name"] for d in reached if d["canonical_name"] not in set(x["canonical_name"] for x in still)]
     said.append("rescanned %s (%.1f s)%s" % (hba["device"], time.monotonic() - started,
                                              ": the LUN(s) %s are gone" % ", ".join(gone) if gone else ""))
     for d in detached:
-        try:
-            host.ss.DeleteScsiLunState(lunCanonicalName=d["canonical_name"])
-            said.append("forgot the detached state of %s (DeleteScsiLunState)" % d["canonical_name"])
-        except vmodl.MethodFault as exc:
-            if not _is_fault(exc, UNSUPPORTED + ("NotFound", "InvalidArgument")):
-                raise
-            said.append("the host keeps %s in its list of detached devices (DeleteScsiLunState: %s)"
-                        % (d["canonical_name"], fault_name(exc)))
+        lacking = writer.forget_detached(d["canonical_name"])
+        if lacking is None:
+            said.append("forgot the detached state of %s (%s)" % (d["canonical_name"], writer.forget_how))
+        else:
+            said.append("the host keeps %s in its list of detached devices (%s: %s)"
+                        % (d["canonical_name"], writer.forget_how, lacking))
     if still:
         said.append("still listed: %s" % ", ".join(disk_text(d) for d in still))
     return "; ".join(said)
 
 
 @vsphere_errors("turn software iSCSI off again")
-def disable_adapter(client, undo, check_mode=False):
+def disable_adapter(client, undo, check_mode=False, writer_for=ApiWriter):
     """Undo ``vsphere.iscsi_adapter``: the flag off again (ESXi removes the adapter at its next reboot only). Left on
     when targets that are not ours were added to it meanwhile."""
     host = _host_for_undo(client, undo)
+    writer = writer_for(host)
     info, _fs = host.storage(client)
     hba = software_adapter(info)
     enabled = bool(getattr(info, "softwareInternetScsiEnabled", False))
@@ -1130,12 +1228,25 @@ def disable_adapter(client, undo, check_mode=False):
         return ("left software iSCSI on %s enabled: targets that are not this case's were added to the adapter %s "
                 "meanwhile (%s), and turning it off would drop them at the next reboot"
                 % (host.label, hba["device"], ", ".join(added)))
-    host.ss.UpdateSoftwareInternetScsiEnabled(enabled=False)
+    writer.set_software_iscsi(False)
     return "turned software iSCSI on %s off again, as found; %s" % (host.label, stays)
+
+
+# engine name -> function(fn, what, undo, ctx) that undoes a record another engine made (``"engine"`` in its undo
+# dict), registered by that engine's module (``_esxi_shell.storage``: "ssh"); fn is one of the undo functions above,
+# to be called with that engine's ``writer_for``. A record without "engine" is the API's.
+ENGINE_UNDO = {}
 
 
 def _handler(fn, what):
     def handle(undo, ctx):
+        engine = undo.get("engine") or "api"
+        if engine != "api":
+            other = ENGINE_UNDO.get(engine)
+            if other is None:
+                raise VsphereError("%s was changed through the host's %s engine, whose undo this version does not "
+                                   "have loaded; nothing was changed." % (_capital(what(undo)), engine))
+            return other(fn, what, undo, ctx)
         if not HAS_PYVMOMI:
             raise VsphereError("Undoing %s on %s needs pyvmomi for the Python that runs teardown."
                                % (what(undo), undo["endpoint"]))
