@@ -205,6 +205,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import targe
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import snapshot as _vsphere_snapshot  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import clone as _vsphere_clone  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import clone as _esxi_shell_clone  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import storage as _vsphere_storage  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import storage as _esxi_shell_storage  # noqa: F401 pylint: disable=unused-import
 

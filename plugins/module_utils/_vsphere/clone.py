@@ -32,9 +32,12 @@ make (``kind: folders``) and each copy (``kind: disk`` or ``file``: its files an
 ``applied`` once the marker is written. Undo: a completed copy is evidence and is never removed ("kept: evidence");
 what a failed or interrupted copy left (the journal holds no ``applied`` for it and its marker is absent) is removed
 with DeleteVirtualDisk_Task / DeleteDatastoreFile_Task, after waiting (bounded) for copy tasks still running on the
-host; a folder the copy made is removed only when it is empty. Nothing is removed on a datastore that holds a source.
-Idempotent: a destination that is a complete copy of the same source (its marker, sizes and the source's digests
-agree) is reported with ``changed=false``; anything else at the destination is refused, never replaced.
+host; a folder the copy made is removed only when it is empty. Nothing is removed on a datastore that holds a
+source. A record with ``"engine": "ssh"`` (made by the SSH engine, ``_esxi_shell.clone``, under the same action so
+that each engine sees the other's unfinished copies) is handed to that engine's undo (``ENGINE_UNDO``) unless the
+journal says it is complete. Idempotent: a destination that is a complete copy of the same source (its marker, sizes
+and the source's digests agree) is reported with ``changed=false``; anything else at the destination is refused,
+never replaced.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -66,7 +69,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import fet
 
 ACTION = "vsphere.evidence_file"
 MODULE = "vmkfstools_clone"
-ENGINES = ("api",)  # the SSH engine (vmkfstools itself) comes later
+ENGINES = ("api",)  # this file's engine; the SSH engine (vmkfstools itself) is _esxi_shell.clone
 TRANSPORT = "iscsi-datastore"
 COPIED_BY_DISK = "vmkfstools_clone (CopyVirtualDisk_Task, thin)"
 COPIED_BY_FILE = "vmkfstools_clone (CopyDatastoreFile_Task)"
@@ -78,6 +81,13 @@ MAX_MARKER = 4 * 1024 * 1024
 MAX_CHAIN = 64
 VERIFY_NOTE = ("Not read back here: the destination lies on the evidence datastore (the collector's LUN), and the "
                "collector re-hashes it from the LUN against the source digests.")
+# what a result says of the engine that made it (the SSH engine, _esxi_shell.clone, has its own)
+API_STYLE = {"engine": "api", "copied_by_disk": COPIED_BY_DISK, "copied_by_file": COPIED_BY_FILE,
+             "verify_note": VERIFY_NOTE,
+             "summary": "The sources were hashed where they lie, over HTTPS; the destinations are verified on the "
+                        "collector."}
+# undo of a ``vsphere.evidence_file`` record made by another engine (its ``engine``): engine -> fn(undo, ctx)
+ENGINE_UNDO = {}
 # extent types of a text descriptor: data in a plain file, in a delta, or not in a file of the datastore
 DATA_EXTENTS = ("VMFS", "FLAT")
 DELTA_EXTENTS = ("VMFSSPARSE", "SESPARSE", "SPARSE")
@@ -175,13 +185,13 @@ def extent_path(dest):
 
 # -- inputs --------------------------------------------------------------------------------------------------------
 
-def check_inputs(params):
+def check_inputs(params, engines=ENGINES):
     """Refuse malformed options before the host is asked anything; returns the normalized (src, dest, files,
-    algorithms)."""
+    algorithms). ``engines``: the engines the caller runs (the module passes all of them)."""
     engine = params.get("engine") or "api"
-    if engine not in ENGINES:
-        raise InvalidInputError("engine %r is not available; this version has %s (the SSH engine comes later)."
-                                % (engine, ", ".join(ENGINES)))
+    if engine not in engines:
+        raise InvalidInputError("engine %r is not available here; this copy is made by %s."
+                                % (engine, ", ".join(engines)))
     src, dest = params.get("src"), params.get("dest")
     files = params.get("files") or []
     if not src and not files:
@@ -906,16 +916,24 @@ def same_digests(item, hashed):
                     failed_path=item["dest"])
 
 
-def _entry(r, dest, dest_equal, copied_by):
-    """One source file's result, in datastore_fetch's shape; the destination is not read back here."""
+def _entry(r, dest, dest_equal, copied_by, verify_note=VERIFY_NOTE):
+    """One source file's result, in datastore_fetch's shape; the destination is not read back here (its digests are
+    filled in by an engine that reads it back)."""
     entry = dict((k, v) for k, v in r.items() if k != "tls")
     entry.update(dest=dest, dest_size=None, dest_size_from=None, dest_digests=None, verified=False,
-                 verify_note=VERIFY_NOTE, dest_equal=dest_equal, copied_by=copied_by, transport=TRANSPORT)
+                 verify_note=verify_note, dest_equal=dest_equal, copied_by=copied_by, transport=TRANSPORT)
     return entry
 
 
-def _planned(host, item):
+def _read_back(entry, fact):
+    """The destination's digests and whether they equal the source's, when the engine read it back (``fact``)."""
+    if entry["dest_equal"] and fact.get("dest_digests") is not None:
+        entry.update(dest_digests=fact["dest_digests"], verified=bool(fact.get("verified")))
+
+
+def _planned(host, item, style=None):
     """An item's entry in check mode: what would be done, nothing hashed."""
+    style = style or API_STYLE
     would = item["state"] == "absent"
     sources = [dict(src=f["path"], role=f["role"], depth=f["depth"], size=f["size"],
                     modified=_fetch.http_date_utc(f["modified"]) or f["modified"]) for f in item["source_files"]]
@@ -925,9 +943,9 @@ def _planned(host, item):
             "marker": item["marker"]}
     if item["kind"] == "disk":
         plan.update(size=item["virtual_bytes"], dest_extent=item["dest_extent"], adapter_type=item["adapter"],
-                    disk_type="thin", copied_by=COPIED_BY_DISK, chain=_chain_summary(item["chain"]))
+                    disk_type="thin", copied_by=style["copied_by_disk"], chain=_chain_summary(item["chain"]))
     else:
-        plan.update(size=item["source_files"][0]["size"], copied_by=COPIED_BY_FILE)
+        plan.update(size=item["source_files"][0]["size"], copied_by=style["copied_by_file"])
     return plan
 
 
@@ -937,7 +955,8 @@ def _copy_facts(item, fact):
                 copy_seconds=fact["copy_seconds"])
 
 
-def _disk_result(item, results, fact):
+def _disk_result(item, results, fact, style=None):
+    style = style or API_STYLE
     chain = item["chain"]
     sources = []
     for r in results:
@@ -948,12 +967,13 @@ def _disk_result(item, results, fact):
             dest = item["dest"]  # the clone's descriptor is written new: its CID and uuid differ
         else:
             dest = None  # consolidated into the clone's data file
-        e = _entry(r, dest, equal, COPIED_BY_DISK)
+        e = _entry(r, dest, equal, style["copied_by_disk"], style["verify_note"])
         if equal:
             e.update(dest_size=fact["dest_size"], dest_size_from=fact["dest_size_from"])
+            _read_back(e, fact)
         sources.append(e)
     equal = next((s for s in sources if s["dest_equal"]), None)
-    notes = [VERIFY_NOTE]
+    notes = [style["verify_note"]]
     if equal is None:
         notes.append("The clone consolidates %d levels (%s): its data file equals no single source file, so digests "
                      "is null; each source file's digests are in source_files."
@@ -967,8 +987,9 @@ def _disk_result(item, results, fact):
             "size": item["virtual_bytes"], "data_bytes": sum(s["data_bytes"] for s in extents),
             "hole_bytes": sum(s["hole_bytes"] for s in extents),
             "digests": equal["digests"] if equal else None, "digests_of": equal["src"] if equal else None,
-            "dest_size": fact["dest_size"], "dest_size_from": fact["dest_size_from"], "dest_digests": None,
-            "verified": False, "verify_note": " ".join(notes), "copied_by": COPIED_BY_DISK, "transport": TRANSPORT,
+            "dest_size": fact["dest_size"], "dest_size_from": fact["dest_size_from"],
+            "dest_digests": fact.get("dest_digests"), "verified": bool(equal and equal["verified"]),
+            "verify_note": " ".join(notes), "copied_by": style["copied_by_disk"], "transport": TRANSPORT,
             "disk_type": "thick" if fact.get("thin") is False else "thin", "adapter_type": item["adapter"],
             "chain": _chain_summary(chain), "source_files": sources,
             "areas_used": equal["areas_used"] if equal else None}
@@ -976,25 +997,27 @@ def _disk_result(item, results, fact):
     return disk
 
 
-def _result(host, items, hashed, done, started, check_mode=False):
+def _result(host, items, hashed, done, started, check_mode=False, style=None):
+    style = style or API_STYLE
     disk, files = None, []
     for item in items:
         if check_mode:
-            entry = _planned(host, item)
+            entry = _planned(host, item, style)
         elif item["kind"] == "disk":
-            entry = _disk_result(item, hashed[item["dest"]], done[item["dest"]])
+            entry = _disk_result(item, hashed[item["dest"]], done[item["dest"]], style)
         else:
             fact = done[item["dest"]]
-            entry = _entry(hashed[item["dest"]][0], item["dest"], True, COPIED_BY_FILE)
+            entry = _entry(hashed[item["dest"]][0], item["dest"], True, style["copied_by_file"], style["verify_note"])
             entry.update(dest_size=fact["dest_size"], dest_size_from=fact["dest_size_from"], **_copy_facts(item, fact))
+            _read_back(entry, fact)
         if item["kind"] == "disk":
             disk = entry
         else:
             files.append(entry)
     primary = disk if disk is not None else (files[0] if files else {})
-    result = {"changed": any(i["state"] == "absent" for i in items), "engine": "api", "transport": TRANSPORT,
+    result = {"changed": any(i["state"] == "absent" for i in items), "engine": style["engine"], "transport": TRANSPORT,
               "datacenter": host.datacenter, "tls": host.client.tls_record(), "disk": disk, "files": files,
-              "seconds": round(time.monotonic() - started, 3), "msg": _message(items, check_mode)}
+              "seconds": round(time.monotonic() - started, 3), "msg": _message(items, check_mode, style)}
     for key in ("src", "dest", "size", "data_bytes", "hole_bytes", "digests", "dest_size", "dest_digests", "verified",
                 "copied_by", "verify_note"):
         result[key] = primary.get(key)
@@ -1007,7 +1030,8 @@ def _chain_summary(chain):
              "descriptor_sha256": lv["descriptor_sha256"]} for lv in chain]
 
 
-def _message(items, check_mode):
+def _message(items, check_mode, style=None):
+    style = style or API_STYLE
     parts = []
     for item in items:
         verb = "thin clone" if item["kind"] == "disk" else "copy"
@@ -1022,7 +1046,7 @@ def _message(items, check_mode):
     text = text[0].upper() + text[1:] + "."
     if check_mode:
         return text + " Check mode: nothing was hashed, created or journaled."
-    return text + " The sources were hashed where they lie, over HTTPS; the destinations are verified on the collector."
+    return text + " " + style["summary"]
 
 
 # -- undo ----------------------------------------------------------------------------------------------------------
@@ -1117,6 +1141,12 @@ def _undo_evidence_file(undo, ctx):
     if undo.get("kind") in ("disk", "file") and _completed_in_journal(undo):
         return ("kept: evidence: %s is a completed copy of %s; a completed copy is never removed"
                 % (undo["dest"], undo.get("src")))
+    engine = undo.get("engine") or "api"
+    if engine != "api":
+        if engine not in ENGINE_UNDO:
+            raise DestinationError("What the unfinished copy to %s left was made by the %s engine, whose undo this "
+                                   "teardown does not have." % (undo["dest"], engine))
+        return ENGINE_UNDO[engine](undo, ctx)
     if not _client.HAS_PYVMOMI:
         raise DestinationError("Undoing the unfinished copy to %s on %s needs pyvmomi for the Python that runs teardown."
                                % (undo["dest"], undo["endpoint"]))
