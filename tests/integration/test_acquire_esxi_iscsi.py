@@ -244,10 +244,11 @@ def test_a_vm_above_older_snapshots_is_refused_before_any_change(acquisition, la
     assert _collector_traces(lab, work, case) == [] and not os.path.exists(os.path.join(work, "collector", case))
 
 
-def test_the_volume_holds_the_case_and_opens_as_an_examiner_opens_it(acquisition, esx):
-    """The LUN holds the whole case folder: an examiner mounts its partition read-only, runs sha256sum -c there, reads
-    the cloned disk with Sleuthkit (the known files) and the .vmem with its .vmsn with Volatility 3."""
-    table = json.loads(subprocess.run(["sfdisk", "--json", acquisition["backing"]], check=True, stdout=subprocess.PIPE,
+def examine_volume(backing, case_dir, case, esx):
+    """What an examiner does with the LUN of an ESXi case: mount its partition read-only, run sha256sum -c in the case
+    folder, compare the records with the controller's, read the cloned disk with Sleuthkit (the known files) and the
+    .vmem with its .vmsn with Volatility 3. Returns (the script's output, the known files' digests)."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", backing], check=True, stdout=subprocess.PIPE,
                                       universal_newlines=True).stdout)["partitiontable"]
     (part,) = table["partitions"]
     sector = table.get("sectorsize", 512)
@@ -269,13 +270,19 @@ done
 "%s" -q -f */memory-snapshot.vmem banners.Banners | tail -n 2
 cd /
 """ % (offset, offset, os.path.join(VENV_BIN, "vol"))
-    case_dir = acquisition["case_dir"]
     known = dict((k["path"].lstrip("/"), k["sha256"]) for k in disk["known_files"])
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script, "read-volume",
-                             acquisition["backing"], str(part["start"] * sector), str(part["size"] * sector), CASE,
+                             backing, str(part["start"] * sector), str(part["size"] * sector), case,
                              os.path.join(case_dir, "manifest.json"), os.path.join(case_dir, "SHA256SUMS")]
                             + sorted(known), check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, timeout=600)
+    return result, known
+
+
+def test_the_volume_holds_the_case_and_opens_as_an_examiner_opens_it(acquisition, esx):
+    """The LUN holds the whole case folder: an examiner mounts its partition read-only, runs sha256sum -c there, reads
+    the cloned disk with Sleuthkit (the known files) and the .vmem with its .vmsn with Volatility 3."""
+    result, known = examine_volume(acquisition["backing"], acquisition["case_dir"], CASE, esx)
     assert result.returncode == 0 and "RECORDS-EQUAL" in result.stdout, result.stdout
     assert result.stdout.count(": OK") == 3, result.stdout
     assert dict(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("FILE ")) == known
