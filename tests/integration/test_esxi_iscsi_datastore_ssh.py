@@ -10,7 +10,7 @@ tests/integration/lab/test_esxi_shell.py build theirs): namespaces eiss<pid>-esx
 (10.213.221.4/30), a tgtd of its own with one target and two LUNs behind CHAP, the simulator and the lab sshd (root by
 key, the host key pinned by its fingerprint) in the ESXi namespace, each reached through a forwarder on 127.0.0.1.
 Everything started is stopped at the end and checked gone; the CHAP secret is in no process's argv but the one
-esxcli that sets it (and the host shell that runs it), as on ESXi. Module arguments go to ansible-playbook in a 0600
+esxcli that sets it (the host's shell gets it on stdin and execs esxcli), as on ESXi. Module arguments go to ansible-playbook in a 0600
 playbook file, never on a command line.
 
 What the lab's ESXi shell does not have is tolerated only where a comment starting with "LAB:" says so.
@@ -159,8 +159,8 @@ def bed(tmp_path_factory):
         yield b
     assert b.sshd_stopped.returncode == 0, b.sshd_stopped.stdout
     assert b.stopped.returncode == 0, b.stopped.stdout
-    # the CHAP secret was in the argv of the one `esxcli ... chap set --secret=` per attach (and of the host shell
-    # that ran it), as on ESXi, and of no other process: not ansible-playbook's, not the module's
+    # the CHAP secret was in the argv of the one `esxcli ... chap set --secret=` per attach, as on ESXi, and of no
+    # other process: not the host shell's (it read the secret on stdin), not ansible-playbook's, not the module's
     hits, b.argv_hits = b.argv_hits, []
     assert hits and all("esxcli" in h and "chap set" in h for h in hits), hits[:3]
     b.check_gone()
@@ -256,16 +256,17 @@ def test_present_makes_the_datastore_on_exactly_the_lun_and_teardown_restores_th
     ds, lun = r["datastore"], r["lun"]
     assert lun["serial"] == LUNS[1][1] and lun["size_bytes"] == LUNS[1][0] and ds["extents"] == [lun["canonical_name"]]
     assert ds["name"] == name and ds["type"] == "VMFS" and re.match(r"^[0-9a-f]{8}-[0-9a-f]{8}-", ds["vmfs_uuid"])
-    # LAB: the lab's esxcli has no `iscsi adapter discovery sendtarget auth chap set`; CHAP went to the adapter,
-    # whose own CHAP was off and which no other target used (the API engine's fallback rules)
-    assert r["chap"] == {"scope": "adapter", "name": CHAP_USER, "level": "chapRequired"}
+    # CHAP on the send target (`esxcli iscsi adapter discovery sendtarget auth chap set`), the adapter's untouched;
+    # a send target the case added takes its CHAP with it at its undo, so CHAP has no journal record of its own
+    assert r["chap"] == {"scope": "send_target", "name": CHAP_USER, "level": "chapRequired"}
     assert [c.split(" ")[0] for c in r["changes"]] == ["enabled", "added", "set", "rescanned", "made"], r["changes"]
+    assert r["changes"][2] == ("set CHAP (name %s, chapRequired) on the send target %s:3260; the adapter's own CHAP is "
+                               "untouched" % (CHAP_USER, COLL_STOR))
     assert "with partedUtil setptbl and vmkfstools -C vmfs6" in r["changes"][-1]
     journal = journal_path(journal_dir, "case-d")
     changes = changes_of(journal)
     assert [(x["action"], x["undo"].get("scope")) for x in changes] == [
-        ("vsphere.iscsi_adapter", None), ("vsphere.iscsi_send_target", None), ("vsphere.iscsi_chap", "adapter"),
-        ("vsphere.vmfs_datastore", None)]
+        ("vsphere.iscsi_adapter", None), ("vsphere.iscsi_send_target", None), ("vsphere.vmfs_datastore", None)]
     assert all(x["undo"]["engine"] == "ssh" for x in changes)
     with open(journal) as f:
         no_secret(bed, f.read(), out, json.dumps(r))
@@ -273,6 +274,10 @@ def test_present_makes_the_datastore_on_exactly_the_lun_and_teardown_restores_th
     assert gpt(bed.backing[1]) == [(2048, LUNS[1][0] // 512 - 34 - 2048 + 1, VMFS_GUID)] and gpt(bed.backing[2]) == []
     state, _a = bed.state()
     assert name in state["all_datastores"]
+    assert state["adapter_chap"] == before["adapter_chap"]
+    (st_auth,) = [a for p, a in state["send_targets"] if p == "%s:3260" % COLL_STOR]
+    assert (st_auth["chap_auth_enabled"], st_auth["chap_name"], st_auth["chap_type"], st_auth["chap_inherited"]) == (
+        True, CHAP_USER, "chapRequired", False)
 
     ok, again, out = play(bed, MODULE, args)
     assert ok and again["changed"] is False and again["changes"] == [], out
@@ -292,11 +297,15 @@ def test_present_makes_the_datastore_on_exactly_the_lun_and_teardown_restores_th
     assert results["vsphere.vmfs_datastore"].startswith(
         "unmounted the VMFS datastore %r on the LUN %s of host " % (name, lun["canonical_name"]))
     assert "with `esxcli storage filesystem unmount`, never RemoveDatastore" in results["vsphere.vmfs_datastore"]
-    # LAB: no `esxcli storage core device set`: the LUN goes with its send target
-    assert "cannot detach the LUN (`esxcli storage core device set --state=off`: no such command" in \
-        results["vsphere.vmfs_datastore"]
-    assert results["vsphere.iscsi_chap"].startswith("put CHAP of the adapter vmhba64 back from CHAP on")
+    assert re.search(r"; detached the LUN \(`esxcli storage core device set --state=off`; its send target's undo "
+                     r"forgets its state\) \(\d+\.\d s\)$", results["vsphere.vmfs_datastore"]), results
+    assert "vsphere.iscsi_chap" not in results
     assert "are gone" in results["vsphere.iscsi_send_target"]
+    # LAB: the simulator's API shows no detached state (no DetachScsiLun: the lab's esxcli keeps its own list), so the
+    # send target's undo, which forgets the devices the API shows off, runs no `detached remove`; the lab's list drops
+    # the LUN once the rescan took it away (ESXi keeps it until `detached remove`)
+    assert "forgot the detached state" not in results["vsphere.iscsi_send_target"]
+    assert bed.shell("esxcli --formatter=csv storage core device detached list") == (0, "DeviceUID,State,\n")
     no_secret(bed, out)
     # as found; the adapter stays once made (until a reboot, as on ESXi)
     assert bed.state() == (before, ("vmhba64", bed.iqn)) and adapter in (None, ("vmhba64", bed.iqn))
@@ -323,8 +332,7 @@ def test_a_lun_holding_partitions_is_never_formatted_and_state_absent_undoes_ove
     assert "dfir-case-h" not in bed.state()[0]["all_datastores"]
     ok, gone, out = play(bed, MODULE, ssh_args(bed, journal_dir, "case-h", state="absent"))
     assert ok and gone["changed"], out
-    assert [u["action"] for u in gone["undone"]] == ["vsphere.iscsi_chap", "vsphere.iscsi_send_target",
-                                                     "vsphere.iscsi_adapter"]
+    assert [u["action"] for u in gone["undone"]] == ["vsphere.iscsi_send_target", "vsphere.iscsi_adapter"]
     assert bed.state() == (before, adapter)
     assert sha256_file(bed.backing[1]) == digest
     ok, td, out = teardown(bed, journal_dir, "case-h")

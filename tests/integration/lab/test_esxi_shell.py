@@ -467,6 +467,14 @@ def test_iscsi_datastore_over_ssh(bed):
     rc, out, err = esx(b, "esxcli iscsi adapter auth chap set --direction=uni --authname=%s --secret=%s "
                           "--level=required -A vmhba64" % (b.chap_user, b.secret), secrets=[b.secret])
     assert (rc, out, err) == (0, "", "")
+    # CHAP of the send target: inherited from the adapter, then its own (the collection's SSH engine sets it so)
+    target = "-A vmhba64 -a %s:3260" % BED_COLL
+    get = "esxcli --formatter=csv iscsi adapter discovery sendtarget auth chap get " + target
+    assert [(r["Name"], r["Level"], r["Inheritance"]) for r in csv_rows(b, get)] == [(b.chap_user, "required", "true")]
+    rc, out, err = esx(b, "esxcli iscsi adapter discovery sendtarget auth chap set %s --direction=uni --authname=%s "
+                          "--secret=%s --level=required" % (target, b.chap_user, b.secret), secrets=[b.secret])
+    assert (rc, out, err) == (0, "", "")
+    assert [(r["Name"], r["Level"], r["Inheritance"]) for r in csv_rows(b, get)] == [(b.chap_user, "required", "false")]
     assert esx(b, "esxcli storage core adapter rescan --adapter=vmhba64") == (0, "", "")
     portals = csv_rows(b, "esxcli --formatter=csv iscsi adapter target portal list")
     assert [(p["Target"], p["IP"], p["Port"]) for p in portals] == [(b.target_iqn, BED_COLL, "3260")]
@@ -521,9 +529,21 @@ def test_iscsi_datastore_over_ssh(bed):
     rc, out, _err = esx(b, "sha256sum %s" % quote("/vmfs/volumes/case-ds/case/disk 1-flat.vmdk"))
     assert rc == 0 and out.split()[0] == sha256_file(v["disks"][0]["flat_local"])
 
-    # released again: unmounted (the volume stays on the LUN), the send target and CHAP gone, the LUN with them
+    # released again: unmounted (the volume stays on the LUN), the LUN detached and forgotten (the lab's emulation:
+    # lab/esxi-shell/BEHAVIOUR.md), the send target and CHAP gone, the LUN with them
+    naa = dev.rsplit("/", 1)[1]
+    rc, out, err = esx(b, "esxcli storage core device set --state=off -d %s" % naa)
+    assert rc == 1 and "holds the mounted VMFS volume(s) case-ds" in err, out + err
     assert esx(b, "esxcli storage filesystem unmount -l case-ds") == (0, "", "")
     assert "case-ds" not in [r["VolumeName"] for r in csv_rows(b, "esxcli --formatter=csv storage filesystem list")]
+    assert esx(b, "esxcli storage core device set --state=off -d %s" % naa) == (0, "", "")
+    assert [d["Status"] for d in csv_rows(b, "esxcli --formatter=csv storage core device list -d %s" % naa)] == ["off"]
+    detached = "esxcli --formatter=csv storage core device detached list"
+    assert [(r["DeviceUID"], r["State"]) for r in csv_rows(b, detached)] == [(naa, "off")]
+    assert esx(b, "esxcli storage core device detached remove -d %s" % naa) == (0, "", "")
+    assert csv_rows(b, detached) == []
+    assert esx(b, "esxcli iscsi adapter discovery sendtarget auth chap set --inherit " + target) == (0, "", "")
+    assert [r["Inheritance"] for r in csv_rows(b, get)] == ["true"]
     for line in ("esxcli iscsi adapter discovery sendtarget remove -A vmhba64 -a %s:3260" % BED_COLL,
                  "esxcli iscsi adapter auth chap set --default -A vmhba64",
                  "esxcli storage core adapter rescan --all"):
