@@ -44,8 +44,9 @@ description:
     API. Each journal record names the engine that made it (C(engine=ssh) in its undo data), and its undo
     (M(dfir.vmcollect.teardown) with C(connection.ssh), or O(state=absent) with O(ssh)) uses the shell too.
   - With the SSH engine the CHAP secret is on the host's process list for the instant of the one C(esxcli ... chap set)
-    command that sets it - esxcli takes it only as an argument (ESXi may also keep its shell's commands in its own log).
-    It is in that command only; never in a result, the journal, a log or an error message (masked). A host whose
+    command that sets it - esxcli takes it only as an argument. It is sent on that command's stdin, not in the command
+    line, and the host's shell execs esxcli with it, so only esxcli's own argv holds it (no shell's argv or command
+    log). Never in a result, the journal, a log or an error message (masked). A host whose
     esxcli has no CHAP per send target gets it on the adapter, under the same rules as the API engine's fallback.
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)

@@ -156,6 +156,15 @@ class Shell(object):
                                  command=argv if isinstance(argv, str) else join(argv))
         return out_t
 
+    def run_secret(self, argv, option, secret, timeout=SHORT):
+        """run() of ``argv`` plus ``<option>=<secret>``, the secret handed over on stdin: the host's shell reads it
+        into a variable and execs the program, so neither the command line sent over SSH nor the shell's argv holds
+        it - only the program's own argv, for as long as it runs (esxcli takes a CHAP secret no other way)."""
+        if not secret or "\n" in secret or "\0" in secret:
+            raise InvalidInputError("A secret for %s must be one line of text." % option)
+        line = "IFS= read -r v && exec %s %s\"$v\"" % (join(argv), quote(option + "="))
+        return self.run(line, timeout=timeout, stdin=secret + "\n", secrets=(secret,))
+
     def rc(self, argv, timeout=SHORT):
         """The exit code of ``argv`` alone (a test)."""
         return self.ssh.run(argv, timeout=timeout)[0]

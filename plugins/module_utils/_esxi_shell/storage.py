@@ -19,10 +19,11 @@ same actions as the API engine's, ``vsphere.iscsi_adapter``, ``vsphere.iscsi_sen
   it left removed with ``esxcli iscsi adapter discovery statictarget remove``, then a rescan).
 - CHAP on the send target: ``esxcli iscsi adapter discovery sendtarget auth chap set --adapter= --address=
   --direction=uni --authname= --secret= --level=``. **The secret is in that command's argv**: esxcli has no other way
-  to take it, so it is on the host's process list for the instant the command runs (and in ESXi's shell log where
-  the host keeps one). It is in that one command only, never logged, journaled or returned, and masked in every
-  message (the SSH client's ``secrets=``). A host whose esxcli lacks the command (``Unknown command or namespace``,
-  as the lab's) gets CHAP on the adapter instead (``esxcli iscsi adapter auth chap set ... -A``) under the API
+  to take it, so it is on the host's process list for the instant the command runs. It reaches the host on the
+  command's stdin, not in the command line sent over SSH: the host's shell reads it into a variable and execs esxcli
+  (``Shell.run_secret``), so no shell's argv and no shell log holds it, only esxcli's own argv. It is never logged,
+  journaled or returned, and masked in every message (the SSH client's ``secrets=``). A host whose esxcli lacks the
+  command (``Unknown command or namespace``, as older hosts may) gets CHAP on the adapter instead (``esxcli iscsi adapter auth chap set ... -A``) under the API
   engine's rules: only when the adapter's own CHAP is off and no other target inherits it, journaled on its own
   (undo: ``--default``).
 - ``esxcli storage core adapter rescan -A vmhbaNN``.
@@ -196,8 +197,8 @@ class ShellRun(_vst.Run):
 
     def _set_target_chap(self, host, hba, address, port, chap_name, chap_secret, level):
         try:
-            self.shell.run(target_chap_argv(hba["device"], address, port, chap_name, chap_secret, level),
-                           secrets=(chap_secret,))
+            self.shell.run_secret(target_chap_argv(hba["device"], address, port, chap_name, level=level),
+                                  "--secret", chap_secret)
         except EsxiShellError as exc:
             if not lacks_command(exc):
                 raise
@@ -205,7 +206,7 @@ class ShellRun(_vst.Run):
         return None
 
     def _set_adapter_chap(self, host, hba, chap_name, chap_secret, level):
-        self.shell.run(adapter_chap_argv(hba["device"], chap_name, chap_secret, level), secrets=(chap_secret,))
+        self.shell.run_secret(adapter_chap_argv(hba["device"], chap_name, level=level), "--secret", chap_secret)
 
     def _rescan(self, host, device):
         self.shell.run(rescan_argv(device), timeout=RESCAN_TIMEOUT)

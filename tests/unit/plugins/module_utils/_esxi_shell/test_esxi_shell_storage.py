@@ -47,6 +47,10 @@ class FakeShell(object):
         self.calls = []
         self.before = before  # called with the argv before each command (to look at the journal then)
 
+    def run_secret(self, argv, option, secret, timeout=120):
+        """As Shell.run_secret: the secret reaches the program's argv only (recorded so)."""
+        return self.run(list(argv) + ["%s=%s" % (option, secret)], timeout=timeout, secrets=(secret,))
+
     def run(self, argv, timeout=120, stdin=None, secrets=(), ok=(0,)):  # pylint: disable=unused-argument
         self.calls.append((list(argv), tuple(secrets)))
         if self.before:
@@ -255,7 +259,8 @@ def test_chap_on_the_send_target_with_the_secret_masked_and_a_host_without_the_c
                                                    "chapRequired")
     shell = FakeShell()
     shell_run(journal, shell)._set_adapter_chap(host(), hba, "dfir", SECRET, "chapPreferred")  # pylint: disable=protected-access
-    assert shell.calls == [(ess.adapter_chap_argv("vmhba64", "dfir", SECRET, "chapPreferred"), (SECRET,))]
+    assert shell.calls == [(ess.adapter_chap_argv("vmhba64", "dfir", level="chapPreferred") + ["--secret=" + SECRET],
+                            (SECRET,))]
 
 
 def test_the_ssh_engine_changes_a_standalone_host_only(journal):
