@@ -27,7 +27,6 @@ Needs root (sshd, the sessions' mount namespaces), Debian's openssh-server, para
 (built from lab/vcsim, cached in $LAB_DIR/bin).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,8 @@ import time
 import pytest
 
 from conftest import ansible_module, journal_records
+from test_vmkfstools_clone import (  # the API engine's test: the same views of the datastores' folders
+    coreutils_sum, digest, evidence_records, local, names, running_vm_folders, tree, vm_of)
 from vcsim_helpers import ON_LINUX, TO_BUILD, VCSIM_DIR, can_build, conn, esxi_shell, private_simulator, run
 
 MIB = 1024 * 1024
@@ -100,54 +101,6 @@ def host_shell(sim, line, timeout=120):
                    host_key_fingerprint=sh["fingerprint"]) as ssh:
         rc, out, err = ssh.run(line, timeout=timeout)
     return rc, out.decode("utf-8") + err.decode("utf-8")
-
-
-def local(env, datastore, relative=""):
-    root = [d["local_path"] for d in env["datastores"] if d["name"] == datastore][0]
-    return os.path.join(root, relative) if relative else root
-
-
-def digest(path, algorithm="sha256"):
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * MIB), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def coreutils_sum(tool, path):
-    return subprocess.run([tool, path], check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout.split()[0]
-
-
-def tree(folder, skip=()):
-    """Every name below ``folder``: (type, size, mtime ns); names under ``skip`` (relative folders) left out."""
-    state = {}
-    for base, dirs, files in os.walk(folder):
-        rel = os.path.relpath(base, folder)
-        if any(rel == s or rel.startswith(s + os.sep) for s in skip):
-            continue
-        for name in dirs + files:
-            st = os.lstat(os.path.join(base, name))
-            state[os.path.normpath(os.path.join(rel, name))] = (st.st_mode >> 12, st.st_size, st.st_mtime_ns)
-    return state
-
-
-def names(folder):
-    return sorted(os.path.relpath(os.path.join(b, n), folder) for b, d, f in os.walk(folder) for n in d + f)
-
-
-def running_vm_folders(env):
-    return tuple(os.path.basename(v["dir_local"]) for v in env["lab"]["content"]["vms"]
-                 if v["power_state"] == "poweredOn")
-
-
-def vm_of(env, name):
-    return [v for v in env["lab"]["content"]["vms"] if v["name"] == name][0]
-
-
-def evidence_records(journal_dir, case_id):
-    path = os.path.join(journal_dir, case_id, socket.gethostname() + ".jsonl")
-    return [r for r in journal_records(path) if r.get("action") == "vsphere.evidence_file"]
 
 
 @pytest.fixture(scope="module")
