@@ -39,6 +39,8 @@ options:
     description:
       - The snapshot as M(dfir.vmcollect.esxi_snapshot) returned it (C(moref), C(name), C(created)); C(created)
         bounds the search for the guest's pause and is the point in time the RAM shows.
+      - Its C(method), when given, is the freeze's (M(dfir.vmcollect.esxi_snapshot)'s RV(dfir.vmcollect.esxi_snapshot#module:method),
+        which names the engine that made the snapshot) and becomes the copies' RV(method).
     type: dict
     default: {}
   dest:

@@ -70,3 +70,22 @@ def test_the_volume_opens_as_an_examiner_opens_it(acquisition, esx):
     assert result.returncode == 0 and "RECORDS-EQUAL" in result.stdout, result.stdout
     assert dict(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("FILE ")) == known
     assert esx["content"]["ram_banner"][:40] in result.stdout, result.stdout[-2000:]
+
+
+def test_the_https_transport_freezes_with_vim_cmd_too(lab, esx, ansible_playbook):
+    """The https transport on a free host: the SSH engine's vim-cmd makes and removes the snapshot, the disks and the
+    memory files are pulled over HTTPS (reads, which a free host allows)."""
+    from test_acquire_esxi import _args as https_args
+    work = os.path.join(lab["work_dir"], "esxi-ssh-https")
+    subprocess.run(["rm", "-rf", work], check=True)
+    case = "case-esxi-ssh-https"
+    before = host_state(esx)
+    run = ansible_playbook(PLAYBOOK, *https_args(case, os.path.join(work, "evidence"), os.path.join(work, "journal"),
+                                                 "-e", "esxi_acquire_engine=ssh"))
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert host_state(esx) == before
+    case_dir = os.path.join(work, "evidence", case)
+    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=case_dir, check=True, stdout=subprocess.DEVNULL)
+    arts = json.load(open(os.path.join(case_dir, "manifest.json")))["artifacts"]
+    assert arts and all("(vim-cmd over SSH)" in a["method"] for a in arts.values() if a["kind"] != "memory_state"), \
+        [a["method"] for a in arts.values()]

@@ -139,11 +139,12 @@ def copy_memory(params, check_mode=False):
         vmsn = fetch(params["vmsn"], companion_path(dest, ".vmsn"))
         pause_ms, pause_note = pause_of_snapshot(client, session, params["vmem"], snapshot.get("created"),
                                                  datacenter, datastores)
-    vmsn.update(companion_of=dest, kind="memory_state", format="vmsn", method=METHOD)
+    method = snapshot.get("method") or METHOD  # the freeze's, naming its engine (vim-cmd over SSH)
+    vmsn.update(companion_of=dest, kind="memory_state", format="vmsn", method=method)
     result = dict(vmem)
     result.update(
         changed=vmem.get("changed", False) or vmsn.get("changed", False),
-        format="vmem", method=METHOD, smeared=False, pause_ms=pause_ms, pause_note=pause_note,
+        format="vmem", method=method, smeared=False, pause_ms=pause_ms, pause_note=pause_note,
         # the RAM shows the point in time of the snapshot; the copy ran from copied_at on
         started_at=snapshot.get("created") or started, finished_at=snapshot.get("created") or started,
         copied_at=started,

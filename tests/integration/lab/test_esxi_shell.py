@@ -36,8 +36,8 @@ import pytest
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import parse
 from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh.client import quote
-from conftest import free_port, sha256_file
-from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, ROOT, VCSIM, esxi_shell, private_simulator, run, sshd_ctl
+from conftest import sha256_file
+from vcsim_helpers import NEEDS_SIMULATOR, ON_LINUX, VCSIM, esxi_shell, private_simulator, run, sshd_ctl
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = [NEEDS_SIMULATOR, ON_LINUX,
@@ -45,8 +45,6 @@ pytestmark = [NEEDS_SIMULATOR, ON_LINUX,
               pytest.mark.skipif(not os.access(SSHD, os.X_OK), reason="needs openssh-server (%s)" % SSHD)]
 pytest.importorskip("pyVmomi")
 pytest.importorskip("paramiko")
-
-SHELL = os.path.join(ROOT, "lab", "esxi-shell")
 
 
 def processes_with(text):
