@@ -20,7 +20,8 @@ options:
         through the vSphere API, which a free ESXi host answers.
       - SSH must be enabled on the host (the C(TSM-SSH) service). Enabling it is a change to the host that this
         version leaves to the responder (DCUI or the host client), to be turned off again afterwards.
-      - Unused with the V(api) engine.
+      - With the V(api) engine it is used only where a change an earlier run made over SSH is undone (for example
+        M(dfir.vmcollect.esxi_iscsi_datastore) with C(state=absent)).
     type: dict
     suboptions:
       port:
