@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test setup sanity lint unit integration build lab-up lab-down lab-status bench bench-lab clean
+.PHONY: help demo test test-slow setup sanity lint unit integration build lab-up lab-down lab-status bench bench-lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -31,6 +31,9 @@ unit: setup  ## unit tests (no lab needed)
 
 integration: setup lab-up  ## integration tests on the lab (leaves the lab up)
 	VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider tests/integration
+
+test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the CI run): guests of 4-8 GiB, NUMA
+	VMCOLLECT_SLOW=1 VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider -m slow tests/integration
 
 build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module
 	scripts/build.sh

@@ -15,7 +15,8 @@ its init, then runs each contender ``--rounds`` times interleaved:
 Guest pause = SUSPENDED to RESUMED lifecycle events from libvirt's event loop, for the baseline
 too. "acquire s" is until the image is written (what virsh dump does), "wall s" adds hashing.
 It prints medians and ratios to the baseline; the target is a background_snapshot pause under
-50 ms at every RAM size. It asserts nothing. Domains, images, journal, QEMU logs are removed at
+50 ms at every RAM size. Above the PCI hole split (3 GiB on pc) pmemsave and pmemsave_paused are left out (refused:
+they read one range from 0); background_snapshot's image is then placed by QEMU's memory map (issue 12). It asserts nothing. Domains, images, journal, QEMU logs are removed at
 the end, also after a failure.
 """
 
@@ -107,13 +108,21 @@ def marker_in(path, marker):
         return marker.encode() in f.read()
 
 
+def methods_for(mib):
+    """The methods a guest of ``mib`` MiB allows: pmemsave reads one range from 0, refused above the PCI hole
+    split (the lab guest is a pc machine)."""
+    if mib * 1024 * 1024 >= km.linear_ram_limit("pc"):
+        return [m for m in km.METHODS if not m.startswith("pmemsave")]
+    return list(km.METHODS)
+
+
 def run_size(mib, args, results):
     name = "vmc-test-mem-bench-%d" % mib
     work = os.path.join(args.dir, str(mib))
     journal = Journal(CASE, os.path.join(args.dir, "journal"))
     try:
         marker = boot(name, mib, args.lab_dir, work)
-        contenders = [BASELINE] + list(km.METHODS)
+        contenders = [BASELINE] + methods_for(mib)
         for dummy in range(args.rounds):
             for contender in contenders:
                 dest = os.path.join(work, "ram.img")
@@ -145,7 +154,7 @@ def report(results, args):
         base = results[(mib, BASELINE)]
         base_pause = statistics.median(r["pause_ms"] for r in base)
         base_acq = statistics.median(r["acquire_seconds"] for r in base)
-        for contender in [BASELINE] + list(km.METHODS):
+        for contender in [BASELINE] + methods_for(mib):
             rs = results[(mib, contender)]
             pause = statistics.median(r["pause_ms"] for r in rs)
             acq = statistics.median(r["acquire_seconds"] for r in rs)

@@ -26,3 +26,18 @@ def _collection_root():
 
 
 sys.path.insert(0, _collection_root())
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test, run only with VMCOLLECT_SLOW=1 (make test-slow), outside "
+                                       "the CI budget")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("VMCOLLECT_SLOW") == "1":
+        return
+    import pytest
+    skip = pytest.mark.skip(reason="slow: run with VMCOLLECT_SLOW=1 (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -68,10 +68,16 @@ options:
     default: [sha256]
   format:
     description:
-      - Format of the image for O(method=background_snapshot). Only V(raw) (QEMU's RAM block as is).
-      - The other methods write their own format (raw for pmemsave, ELF for core_dump).
+      - Format of the image for O(method=background_snapshot). Both are placed by QEMU's own memory map (C(info mtree
+        -f) and C(info ramblock), read before the snapshot), so every offset is a guest-physical address, whatever the
+        machine type, the RAM size or the number of RAM blocks (NUMA nodes, memory backends).
+      - V(raw) - a sparse image whose offset N is guest-physical address N; between the RAM ranges (the PCI hole below
+        4 GiB, the legacy VGA/ROM window) a hole of zeros that costs nothing.
+      - V(elf) - an ELF core with one C(PT_LOAD) per guest-physical range (C(p_paddr)), what Volatility, crash and gdb
+        read without guessing; written from the raw image extent by extent.
+      - The other methods write their own format (raw for pmemsave, ELF for core_dump); V(elf) with pmemsave is refused.
     type: str
-    choices: [raw]
+    choices: [raw, elf]
     default: raw
   force:
     description: Replace an existing file at O(dest) (atomically, once the new image is complete).
@@ -93,8 +99,9 @@ notes:
   - O(method=background_snapshot) needs C(vm.unprivileged_userfaultfd=1) when QEMU does not run as root
     (QEMU 7.2 does not use /dev/userfaultfd). The module sets it for the snapshot and puts it back
     right after; the change is journaled before it is made.
-  - The raw image of O(method=background_snapshot) is the V(pc.ram) block; it equals guest-physical
-    memory below the PCI hole. Guests with NUMA nodes (several RAM blocks) are refused.
+  - O(method=background_snapshot) places every RAM block at its guest-physical ranges (QEMU's memory map, read
+    through the monitor before the snapshot; RV(layout)). Guest RAM backed by hugepages is refused before any change
+    (the snapshot write-protects 4 KiB pages); use O(method=core_dump) there.
 seealso:
   - module: dfir.vmcollect.take_snapshot
   - module: dfir.vmcollect.teardown
@@ -147,6 +154,13 @@ format:
   description: Format of the image, V(raw) or V(elf).
   returned: success and not check mode
   type: str
+layout:
+  description:
+    - With O(method=background_snapshot), where the guest's RAM lies, from QEMU's memory map - C(ranges) (each
+      C(gpa_start), C(gpa_end), C(size), C(block), C(block_offset)), C(blocks) (each RAM block's length),
+      C(unplaced_bytes) (bytes of a block no guest-physical range shows, e.g. under the VGA window) and C(image_size).
+  returned: success with method background_snapshot
+  type: dict
 digests:
   description: Hex digest of the image by algorithm.
   returned: success and not check mode
@@ -235,7 +249,7 @@ def main():
             method=dict(type="str", required=True, choices=["pmemsave", "pmemsave_paused", "core_dump",
                                                             "background_snapshot"]),
             algorithms=dict(type="list", elements="str", default=["sha256"], choices=list(SUPPORTED_ALGORITHMS)),
-            format=dict(type="str", default="raw", choices=["raw"]),
+            format=dict(type="str", default="raw", choices=["raw", "elf"]),
             force=dict(type="bool", default=False),
             **dict(kvm_vm_spec(), **journal_spec())
         ),

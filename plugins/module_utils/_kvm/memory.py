@@ -64,10 +64,12 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.libvirt import
     parse_domain_xml,
     power_state,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import layout as _layout
 from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.migration_stream import extract_ram
 
 METHODS = ("pmemsave", "pmemsave_paused", "core_dump", "background_snapshot")
-FORMATS = ("raw",)
+FORMATS = ("raw", "elf")
+PAGE_SIZE = 4096  # the host's base page: what userfaultfd write-protects page by page
 PARTIAL_SUFFIX = ".partial"
 IMAGE_MODE = 0o640
 MIB = 1024 * 1024
@@ -394,6 +396,31 @@ def set_capability(dom, state, name=CAPABILITY):
     qmp(dom, "migrate-set-capabilities", {"capabilities": [{"capability": name, "state": state}]})
 
 
+def read_layout(dom):
+    """The guest's RAM in guest-physical memory, from QEMU's own monitor (_kvm/layout.py): a read."""
+    mtree = qmp(dom, "human-monitor-command", {"command-line": "info mtree -f"})
+    blocks = qmp(dom, "human-monitor-command", {"command-line": "info ramblock"})
+    try:
+        lay = _layout.guest_ram_layout(mtree, blocks)
+        sizes = _layout.ram_blocks(blocks)
+        lay["page_sizes"] = dict((b, sizes[b]["page_size"]) for b in lay["blocks"])
+        return lay
+    except VmcollectError as exc:
+        raise MemoryAcquisitionError(exc.message)
+
+
+def check_layout(vm, layout):
+    """Refuse, before any change, guest RAM the background snapshot cannot write-protect: RAM blocks backed by pages
+    other than the host's 4 KiB pages (hugepages)."""
+    big = sorted("%s (%d KiB pages)" % (b, ps // 1024) for b, ps in (layout.get("page_sizes") or {}).items()
+                 if ps != PAGE_SIZE)
+    if big:
+        raise MemoryAcquisitionError(
+            "The RAM of VM %s is backed by hugepages: %s. The background snapshot write-protects guest RAM page by "
+            "page (userfaultfd), which this version does not do on hugepages. Use core_dump (QEMU pauses the guest "
+            "for the whole dump). Nothing was changed." % (vm["name"], ", ".join(big)))
+
+
 def migration_status(dom):
     return (qmp(dom, "query-migrate") or {}).get("status")
 
@@ -501,6 +528,9 @@ def take_background_snapshot(journal, dom, vm, p):
     cap = capability_state(dom)
     if cap is None:
         raise MemoryAcquisitionError("This QEMU has no %s migration capability (QEMU 6.0 or later is needed)." % CAPABILITY)
+    layout = read_layout(dom)  # where each RAM block lies in guest-physical memory, as QEMU says it (a read)
+    check_layout(vm, layout)
+    p["layout"] = layout
     changes = []
     made = []  # journal ids of the sysctl and capability changes
     try:
@@ -520,10 +550,35 @@ def take_background_snapshot(journal, dom, vm, p):
     stats["qemu_downtime_ms"] = downtime
     changes.append("migration stream %s written by QEMU, removed after its RAM was extracted" % p["stream"])
     notes = [TAINT_NOTE, "A consistent image of the instant the snapshot began: QEMU write-protects guest RAM "
-             "(userfaultfd) and saves each page before the guest may change it."]
-    if vm["ram"] >= linear_ram_limit(vm["machine"]):
-        notes.append("The raw image is QEMU's pc.ram block: above the PCI hole split it continues at guest-physical 4 GiB.")
-    return {"notes": notes, "host_changes": changes, "stream": stats}
+             "(userfaultfd) and saves each page before the guest may change it.",
+             "The image's offsets are guest-physical addresses (QEMU's memory map: %s); what lies between the RAM "
+             "ranges (the PCI hole below 4 GiB, the legacy VGA/ROM window) is a hole of zeros."
+             % "; ".join("%s at 0x%x-0x%x" % (r["block"], r["gpa"], r["gpa"] + r["size"] - 1)
+                         for r in layout["ranges"])]
+    stats.pop("layout", None)
+    out = {"notes": notes, "host_changes": changes, "stream": stats, "layout": _layout.public_layout(layout)}
+    if p.get("format") == "elf":
+        _to_elf(journal, p, layout)
+        out["format"] = "elf"
+        notes.append("ELF core written from the raw image: one PT_LOAD per guest-physical range (p_paddr), the holes "
+                     "left out.")
+    return out
+
+
+def _to_elf(journal, p, layout):
+    """The raw image in the partial rewritten as an ELF core (its data copied extent by extent), in its place."""
+    elf = p["partial"] + ".elf"
+    out_fd = create_journaled_file(journal, elf, "the ELF core being written")
+    try:
+        raw_fd = os.open(p["partial"], os.O_RDONLY)
+        try:
+            _layout.write_elf(raw_fd, layout, out_fd, _layout.data_extents)
+        finally:
+            os.close(raw_fd)
+        os.fsync(out_fd)
+    finally:
+        os.close(out_fd)
+    os.rename(elf, p["partial"])
 
 
 def _snapshot_to(journal, dom, vm, stream):
@@ -557,7 +612,7 @@ def _extract(journal, p, stream_change):
     out_fd = create_journaled_file(journal, p["partial"])
     try:
         with io.open(p["stream"], "rb", buffering=STREAM_BUFFER) as stream:
-            stats = extract_ram(stream, out_fd, name="the migration stream %s" % p["stream"])
+            stats = extract_ram(stream, out_fd, name="the migration stream %s" % p["stream"], layout=p.get("layout"))
         os.fsync(out_fd)
     finally:
         os.close(out_fd)
@@ -635,6 +690,9 @@ def check_options(method, fmt, algorithms):
         raise InvalidInputError("The method %r is not one of %s." % (method, ", ".join(METHODS)))
     if fmt not in FORMATS:
         raise InvalidInputError("The format %r is not one of %s." % (fmt, ", ".join(FORMATS)))
+    if fmt == "elf" and method in ("pmemsave", "pmemsave_paused"):
+        raise InvalidInputError("pmemsave writes one raw range from guest-physical 0; format elf is made by "
+                                "background_snapshot (from QEMU's memory map) and core_dump (libvirt's).")
     return normalize_algorithms(algorithms)
 
 
@@ -649,6 +707,7 @@ def acquire(journal, uri, dest, method, name=None, uuid=None, algorithms=("sha25
         vm = vm_facts(dom)
         p = plan(vm, dest, method, journal, force)
         p["uri"] = uri
+        p["format"] = fmt
         if check_mode:
             return dict(_plan_result(p), changed=True)
         watch = PauseWatch(conn, dom)
@@ -670,6 +729,8 @@ def acquire(journal, uri, dest, method, name=None, uuid=None, algorithms=("sha25
                   host_changes=_done_changes(p, out), started_at=started, finished_at=utc_now())
     if "stream" in out:
         result["stream"] = out["stream"]
+    if "layout" in out:
+        result["layout"] = out["layout"]
     return result
 
 

@@ -163,7 +163,9 @@ class RamImage(object):
         self.stats = {"data_pages": 0, "zero_pages": 0, "duplicates": 0, "conflicts": 0, "out_of_order": 0}
         self._highest = -1
 
-    def start(self, length):
+    def start(self, name, length):
+        if name != self.block:
+            return
         if length % self.page_size:
             raise MigrationStreamError("RAM block %s is %d bytes long, not a whole number of %d-byte pages."
                                        % (self.block, length, self.page_size))
@@ -172,8 +174,10 @@ class RamImage(object):
         os.ftruncate(self.out_fd, 0)
         os.ftruncate(self.out_fd, length)
 
-    def put(self, addr, data):
-        """One page: ``data`` is the page's bytes, or None for a zero page."""
+    def put(self, name, addr, data):
+        """One page of block ``name``: ``data`` is the page's bytes, or None for a zero page."""
+        if name != self.block:
+            return
         if self.seen is None:
             raise MigrationStreamError("The migration stream sends pages of RAM block %s before announcing its size."
                                        % self.block)
@@ -208,6 +212,93 @@ class RamImage(object):
         if self.seen is None:
             return None
         return len(self.seen) - sum(self.seen)
+
+
+class PlacedImage(object):
+    """Where the pages of every RAM block of a guest-physical layout (_kvm/layout.py) go: each page at its
+    guest-physical address in a sparse output file (the hole between the PCI hole split and 4 GiB stays a hole), so
+    the image's offsets are guest-physical addresses. Pages of a placed block that no range shows (the piece under
+    the legacy VGA/ROM window) are counted, not kept; other blocks (ROMs, video memory) are read and counted."""
+
+    def __init__(self, out_fd, layout, page_size, duplicates):
+        self.out_fd = out_fd
+        self.layout = layout
+        self.page_size = page_size
+        self.duplicates_policy = duplicates
+        self.zero_page = bytes(page_size)
+        self.block = ", ".join(sorted(layout["blocks"]))
+        self.size = None
+        self.seen = {}
+        self.lengths = {}
+        self.ranges = {}
+        for r in layout["ranges"]:
+            self.ranges.setdefault(r["block"], []).append((r["offset"], r["offset"] + r["size"], r["gpa"]))
+        self.stats = {"data_pages": 0, "zero_pages": 0, "duplicates": 0, "conflicts": 0, "out_of_order": 0,
+                      "unplaced_pages": 0, "unplaced_data_pages": 0}
+        self._highest = {}
+
+    def start(self, name, length):
+        if name not in self.ranges:
+            return
+        if length != self.layout["blocks"][name]:
+            raise MigrationStreamError("The migration stream gives RAM block %s %d bytes; QEMU's memory map, read "
+                                       "before the snapshot, %d." % (name, length, self.layout["blocks"][name]))
+        self.seen[name] = bytearray(length // self.page_size)
+        self.lengths[name] = length
+        if self.size is None:
+            self.size = self.layout["end"]
+            os.ftruncate(self.out_fd, 0)
+            os.ftruncate(self.out_fd, self.size)
+
+    def _where(self, name, addr):
+        for start, end, gpa in self.ranges[name]:
+            if start <= addr < end:
+                return gpa + addr - start
+        return None
+
+    def put(self, name, addr, data):
+        if name not in self.ranges:
+            return
+        if name not in self.seen:
+            raise MigrationStreamError("The migration stream sends pages of RAM block %s before announcing its size."
+                                       % name)
+        if addr + self.page_size > self.lengths[name]:
+            raise MigrationStreamError("The migration stream sends a page at 0x%x, beyond the end of RAM block %s "
+                                       "(%d bytes)." % (addr, name, self.lengths[name]))
+        index = addr // self.page_size
+        if data is not None and data == self.zero_page:
+            data = None
+        if index < self._highest.get(name, -1):
+            self.stats["out_of_order"] += 1
+        self._highest[name] = max(self._highest.get(name, -1), index)
+        where = self._where(name, addr)
+        seen = self.seen[name]
+        if seen[index]:
+            self.stats["duplicates"] += 1
+            if where is not None:
+                old = os.pread(self.out_fd, self.page_size, where)
+                if old != (data if data is not None else self.zero_page):
+                    self.stats["conflicts"] += 1
+                    if self.duplicates_policy == "last":
+                        _pwrite_all(self.out_fd, data if data is not None else self.zero_page, where)
+            return
+        seen[index] = 1
+        if where is None:
+            self.stats["unplaced_pages"] += 1
+            if data is not None:
+                self.stats["unplaced_data_pages"] += 1
+            return
+        if data is None:
+            self.stats["zero_pages"] += 1
+            return
+        self.stats["data_pages"] += 1
+        _pwrite_all(self.out_fd, data, where)
+
+    def missing_pages(self):
+        if not self.seen:
+            return None
+        return sum(len(s) - sum(s) for s in self.seen.values()) + sum(
+            self.layout["blocks"][b] // self.page_size for b in self.ranges if b not in self.seen)
 
 
 def _pwrite_all(fd, data, offset):
@@ -271,8 +362,7 @@ def _read_ram_records(reader, image, blocks, state):
             else:
                 data = reader.read(page_size, "a RAM page")
             state["pages"][name] = state["pages"].get(name, 0) + 1
-            if name == image.block:
-                image.put(addr, data)
+            image.put(name, addr, data)
         flags &= ~(RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE | RAM_SAVE_FLAG_MULTIFD_FLUSH)
         if flags & RAM_SAVE_FLAG_EOS:
             return
@@ -289,8 +379,7 @@ def _read_block_list(reader, image, blocks, state, total):
         if "x-ignore-shared" in state["capabilities"]:
             reader.be64("the guest address of RAM block %s" % name)
         blocks[name] = length
-        if name == image.block:
-            image.start(length)
+        image.start(name, length)
         if length > remaining:
             raise MigrationStreamError("The migration stream's RAM block list is inconsistent: block %s (%d bytes) is "
                                        "longer than the RAM left to list (%d bytes)." % (name, length, remaining))
@@ -320,7 +409,7 @@ def find_vmdesc(tail):
 
 
 def extract_ram(fileobj, out_fd, block=DEFAULT_BLOCK, page_size=DEFAULT_PAGE_SIZE, duplicates="first",
-                name="the migration stream", require_complete=True):
+                name="the migration stream", require_complete=True, layout=None):
     """Read a whole migration stream from ``fileobj`` (binary, with ``peek``: io.BufferedReader)
     and write RAM block ``block`` into ``out_fd`` (truncated to the block's size; zero pages stay
     holes). The stream is read to its end.
@@ -330,6 +419,11 @@ def extract_ram(fileobj, out_fd, block=DEFAULT_BLOCK, page_size=DEFAULT_PAGE_SIZ
     stream_bytes, device_state_bytes, devices (from the JSON description, or None).
     Raises MigrationStreamError if the stream is not one, is truncated, holds what this reader
     cannot decode, lacks the block, or (``require_complete``) misses pages of it.
+
+    With ``layout`` (_kvm/layout.guest_ram_layout: QEMU's own memory map), every RAM block it places is written at
+    its guest-physical addresses instead (``block`` is then unused): the output's offsets are guest-physical
+    addresses, its size the layout's end. The result adds ``layout`` and ``unplaced_pages`` /
+    ``unplaced_data_pages`` (pages of a placed block that no guest-physical range shows).
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise InvalidInputError("The duplicate page policy %r is not one of %s." % (duplicates, ", ".join(DUPLICATE_POLICIES)))
@@ -369,7 +463,8 @@ def extract_ram(fileobj, out_fd, block=DEFAULT_BLOCK, page_size=DEFAULT_PAGE_SIZ
                                            % (section_version, RAM_SECTION_VERSION))
             sections[section_id] = idstr
             if image is None:
-                image = RamImage(out_fd, block, config["page_size"], duplicates)
+                image = (PlacedImage(out_fd, layout, config["page_size"], duplicates) if layout is not None else
+                         RamImage(out_fd, block, config["page_size"], duplicates))
             _read_ram_records(reader, image, blocks, state)
             _footer(reader, section_id)
         elif kind in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
@@ -396,15 +491,19 @@ def extract_ram(fileobj, out_fd, block=DEFAULT_BLOCK, page_size=DEFAULT_PAGE_SIZ
                                    % (vmdesc.get("page_size"), config["page_size"]))
     if image is None or image.size is None:
         raise MigrationStreamError("%s holds no RAM block named %s (blocks: %s)." % (
-            _cap(name), block, ", ".join(sorted(blocks)) or "none"), blocks=blocks)
-    result = {"block": block, "size": image.size, "page_size": image.page_size, "machine": config["machine"],
+            _cap(name), image.block if image is not None else block, ", ".join(sorted(blocks)) or "none"),
+            blocks=blocks)
+    result = {"block": image.block, "size": image.size, "page_size": image.page_size, "machine": config["machine"],
               "blocks": blocks, "pages": state["pages"], "missing_pages": image.missing_pages(),
               "stream_bytes": reader.offset, "device_state_bytes": reader.offset - ram_end,
               "devices": [d.get("name") for d in vmdesc.get("devices", [])] if vmdesc else None}
     result.update(image.stats)
+    if layout is not None:
+        result["layout"] = layout
     if require_complete and result["missing_pages"]:
+        total = (sum(layout["blocks"].values()) if layout is not None else image.size) // image.page_size
         raise MigrationStreamError("%s lacks %d of the %d pages of RAM block %s; the image would have holes that are "
-                                   "not zeros in the guest." % (_cap(name), result["missing_pages"],
-                                                                image.size // image.page_size, block),
+                                   "not zeros in the guest." % (_cap(name), result["missing_pages"], total,
+                                                                image.block),
                                    missing_pages=result["missing_pages"])
     return result
