@@ -15,8 +15,9 @@ its init, then runs each contender ``--rounds`` times interleaved:
 Guest pause = SUSPENDED to RESUMED lifecycle events from libvirt's event loop, for the baseline
 too. "acquire s" is until the image is written (what virsh dump does), "wall s" adds hashing.
 It prints medians and ratios to the baseline; the target is a background_snapshot pause under
-50 ms at every RAM size. Above the PCI hole split (3 GiB on pc) pmemsave and pmemsave_paused are left out (refused:
-they read one range from 0); background_snapshot's image is then placed by QEMU's memory map (issue 12). It asserts nothing. Domains, images, journal, QEMU logs are removed at
+50 ms at every RAM size. Above the PCI hole split (3 GiB on pc) pmemsave and pmemsave_paused
+are left out (refused: they read one range from 0); background_snapshot's image is then placed
+by QEMU's memory map (issue 12). It asserts nothing. Domains, images, journal, QEMU logs are removed at
 the end, also after a failure.
 """
 
