@@ -14,8 +14,9 @@ The layout is read from QEMU, never from a table of machine types: ``info mtree 
 space ``memory``: each range with its type, the memory region's name and, with ``@``, the offset into it) and
 ``info ramblock`` (every RAM block's name and used length). In QEMU 7.2 the flat view names a RAM range by its
 region, whose name is the RAM block's (``pc.ram``, ``ram-node0``: checked on this project's lab, captures in the unit
-tests). Only ``ram`` ranges whose name is a RAM block are guest RAM; ROMs, device memory and ``ramd`` (device RAM
-mapped by a driver) are not.
+tests). The guest's RAM blocks are those with a ``ram`` range; their ``rom`` ranges (the firmware's shadow below 1
+MiB that the chipset maps read-only once the firmware ran) are guest RAM too. Firmware blocks (``pc.bios``), device
+memory and ``ramd`` ranges (device RAM mapped by a driver) are not.
 
 Reading the layout is a read of QEMU's monitor (``human-monitor-command``); it changes nothing in the guest.
 """
@@ -94,8 +95,12 @@ def guest_ram_layout(mtree_text, ramblock_text):
     used length} of the blocks that have ranges, unplaced: {block: bytes of it no range shows}, end: the highest
     guest-physical address + 1}."""
     blocks = ram_blocks(ramblock_text)
+    flat = [r for r in flat_ranges(mtree_text) if r["name"] in blocks]
+    # the guest's RAM blocks: those with a `ram` range; their `rom` ranges are RAM the chipset maps read-only (the
+    # firmware's shadow below 1 MiB, PAM), which the guest reads as memory - firmware blocks (pc.bios) have none
+    guest = set(r["name"] for r in flat if r["type"] == "ram")
     ranges = [{"gpa": r["gpa"], "size": r["size"], "block": r["name"], "offset": r["offset"]}
-              for r in flat_ranges(mtree_text) if r["type"] == "ram" and r["name"] in blocks]
+              for r in flat if r["name"] in guest and r["type"] in ("ram", "rom")]
     if not ranges:
         raise MigrationStreamError("QEMU's memory map shows no guest RAM (no `ram` range named after a RAM block).")
     ranges.sort(key=lambda r: r["gpa"])

@@ -71,6 +71,17 @@ def test_a_small_guest_is_one_range_but_the_vga_window():
                                 "block_offset": "0x0"}
 
 
+def test_a_booted_guests_read_only_shadow_of_the_firmware_is_its_ram():
+    """After SeaBIOS ran, the chipset maps pieces of pc.ram below 1 MiB read-only (`rom` in the flat view): they are
+    guest RAM (pmemsave reads them); the firmware's own block pc.bios at 0xfffc0000 is not."""
+    lay = layout_of("booted")
+    assert [(r["gpa"], r["size"], r["offset"]) for r in lay["ranges"]] == [
+        (0, 0xc3000, 0), (0xc3000, 0x25000, 0xc3000), (0xe8000, 0x8000, 0xe8000), (0xf0000, 0x10000, 0xf0000),
+        (0x100000, 0x10000000 - 0x100000, 0x100000)]
+    assert lay["blocks"] == {"pc.ram": 0x10000000} and lay["unplaced"] == {}
+    assert kl.segments(lay) == [(0, 0x10000000)]
+
+
 def test_the_monitors_crlf_line_ends_are_read_alike():
     text = capture("pc5g")  # stored with \n; QEMU's human monitor answers with \r\n
     crlf = text.replace("\n", "\r\n")
