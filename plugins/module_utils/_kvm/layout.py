@@ -31,6 +31,7 @@ import re
 import struct
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import MigrationStreamError
+from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm.migration_stream import pwrite_all
 
 _FLATVIEW = re.compile(r"^FlatView #\d+\s*$")
 _AS = re.compile(r'^\s*AS "(?P<name>[^"]*)", root: ')
@@ -161,7 +162,7 @@ def write_elf(raw_fd, layout, out_fd, extents):
     os.ftruncate(out_fd, 0)
     total = offsets[-1] + segs[-1][1]
     os.ftruncate(out_fd, total)
-    _pwrite(out_fd, header, 0)
+    pwrite_all(out_fd, header, 0)
     for (gpa, size), at in zip(segs, offsets):
         for offset, length in extents(raw_fd, gpa, gpa + size):
             done = 0
@@ -170,7 +171,7 @@ def write_elf(raw_fd, layout, out_fd, extents):
                 if not chunk:
                     raise MigrationStreamError("The raw image ended at 0x%x while its ELF core was written."
                                                % (offset + done))
-                _pwrite(out_fd, chunk, at + (offset + done - gpa))
+                pwrite_all(out_fd, chunk, at + (offset + done - gpa))
                 done += len(chunk)
     return total
 
@@ -196,11 +197,3 @@ def data_extents(fd, start, end):
         stop = min(hole, end)
         yield data, stop - data
         pos = stop
-
-
-def _pwrite(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n

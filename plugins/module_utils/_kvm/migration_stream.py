@@ -198,7 +198,7 @@ class RamImage(object):
             self.stats["zero_pages"] += 1
             return
         self.stats["data_pages"] += 1
-        _pwrite_all(self.out_fd, data, addr)
+        pwrite_all(self.out_fd, data, addr)
 
     def _duplicate(self, addr, data):
         self.stats["duplicates"] += 1
@@ -206,7 +206,7 @@ class RamImage(object):
         if old != (data if data is not None else self.zero_page):
             self.stats["conflicts"] += 1
             if self.duplicates_policy == "last":
-                _pwrite_all(self.out_fd, data if data is not None else self.zero_page, addr)
+                pwrite_all(self.out_fd, data if data is not None else self.zero_page, addr)
 
     def missing_pages(self):
         if self.seen is None:
@@ -214,28 +214,22 @@ class RamImage(object):
         return len(self.seen) - sum(self.seen)
 
 
-class PlacedImage(object):
+class PlacedImage(RamImage):
     """Where the pages of every RAM block of a guest-physical layout (_kvm/layout.py) go: each page at its
     guest-physical address in a sparse output file (the hole between the PCI hole split and 4 GiB stays a hole), so
     the image's offsets are guest-physical addresses. Pages of a placed block that no range shows (the piece under
     the legacy VGA/ROM window) are counted, not kept; other blocks (ROMs, video memory) are read and counted."""
 
     def __init__(self, out_fd, layout, page_size, duplicates):
-        self.out_fd = out_fd
+        RamImage.__init__(self, out_fd, ", ".join(sorted(layout["blocks"])), page_size, duplicates)
         self.layout = layout
-        self.page_size = page_size
-        self.duplicates_policy = duplicates
-        self.zero_page = bytes(page_size)
-        self.block = ", ".join(sorted(layout["blocks"]))
-        self.size = None
         self.seen = {}
         self.lengths = {}
         self.ranges = {}
         for r in layout["ranges"]:
             self.ranges.setdefault(r["block"], []).append((r["offset"], r["offset"] + r["size"], r["gpa"]))
-        self.stats = {"data_pages": 0, "zero_pages": 0, "duplicates": 0, "conflicts": 0, "out_of_order": 0,
-                      "unplaced_pages": 0, "unplaced_data_pages": 0}
-        self._highest = {}
+        self.stats.update(unplaced_pages=0, unplaced_data_pages=0)
+        self._highest = {}  # per block
 
     def start(self, name, length):
         if name not in self.ranges:
@@ -274,13 +268,10 @@ class PlacedImage(object):
         where = self._where(name, addr)
         seen = self.seen[name]
         if seen[index]:
-            self.stats["duplicates"] += 1
-            if where is not None:
-                old = os.pread(self.out_fd, self.page_size, where)
-                if old != (data if data is not None else self.zero_page):
-                    self.stats["conflicts"] += 1
-                    if self.duplicates_policy == "last":
-                        _pwrite_all(self.out_fd, data if data is not None else self.zero_page, where)
+            if where is None:
+                self.stats["duplicates"] += 1
+            else:
+                self._duplicate(where, data)
             return
         seen[index] = 1
         if where is None:
@@ -292,7 +283,7 @@ class PlacedImage(object):
             self.stats["zero_pages"] += 1
             return
         self.stats["data_pages"] += 1
-        _pwrite_all(self.out_fd, data, where)
+        pwrite_all(self.out_fd, data, where)
 
     def missing_pages(self):
         if not self.seen:
@@ -301,7 +292,8 @@ class PlacedImage(object):
             self.layout["blocks"][b] // self.page_size for b in self.ranges if b not in self.seen)
 
 
-def _pwrite_all(fd, data, offset):
+def pwrite_all(fd, data, offset):
+    """Write all of ``data`` at ``offset`` of ``fd`` (os.pwrite may write less than asked)."""
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
