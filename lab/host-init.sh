@@ -37,6 +37,17 @@ if [ "$role" = kvm ]; then
     : > "$H/no-kvm"; chmod 000 "$H/no-kvm"
     mount -n --bind "$H/no-kvm" /dev/kvm
   fi
+  # hugetlbfs, in this mount namespace only: libvirt refuses <hugepages/> without one (also for
+  # memfd-backed RAM, which does not use it), named in qemu.conf only once it is mounted (libvirtd
+  # would not start on a hugetlbfs_mount that is not one). The pages themselves are reserved by the
+  # test that needs them (vm.nr_hugepages) and given back after.
+  mkdir -p "$H/hugepages"
+  if mount -n -t hugetlbfs -o pagesize=2M lab-hugepages "$H/hugepages"; then
+    printf '# dfir.vmcollect lab (host-init.sh): hugetlbfs of the KVM host namespace\nhugetlbfs_mount = "%s"\n' \
+      "$H/hugepages" >> /etc/libvirt/qemu.conf
+  else
+    echo "LAB-WARN: no hugetlbfs here: hugepage-backed test guests will be skipped" >&2
+  fi
   /usr/sbin/virtlogd -d --pid-file "$LAB_RUN/lab-virtlogd.pid"
   for _ in $(seq 100); do [ -S /run/libvirt/virtlogd-sock ] && break; sleep 0.05; done
   [ -S /run/libvirt/virtlogd-sock ] || { echo "virtlogd socket did not appear" >&2; exit 1; }

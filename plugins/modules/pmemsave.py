@@ -55,8 +55,11 @@ options:
         block) from the stream into a sparse raw image, zero pages as holes. The guest pauses
         for a few milliseconds and the image is of one instant. Refused for a paused guest
         (QEMU 7.2 would resume it).
-      - V(pmemsave) and V(pmemsave_paused) are refused for guests whose RAM is split around the
-        PCI hole (from 3.5 GiB on V(pc), 2.75 GiB on V(q35)).
+      - V(pmemsave) and V(pmemsave_paused) read QEMU's memory map first (as the background snapshot does) and copy
+        the low RAM from 0 in one C(pmemsave), then each range above the PCI hole in one C(pmemsave) of its own into
+        C(<dest>.range-<address>.partial), which the module copies to its guest-physical address in the image (its
+        all-zero pieces left as holes) and removes. That file needs room next to the image; it is checked before any
+        change.
     type: str
     required: true
     choices: [pmemsave, pmemsave_paused, core_dump, background_snapshot]
@@ -68,14 +71,15 @@ options:
     default: [sha256]
   format:
     description:
-      - Format of the image for O(method=background_snapshot). Both are placed by QEMU's own memory map (C(info mtree
-        -f) and C(info ramblock), read before the snapshot), so every offset is a guest-physical address, whatever the
-        machine type, the RAM size or the number of RAM blocks (NUMA nodes, memory backends).
+      - Format of the image for O(method=background_snapshot), O(method=pmemsave) and O(method=pmemsave_paused). Both
+        are placed by QEMU's own memory map (C(info mtree -f) and C(info ramblock), read through the monitor before the
+        copy), so every offset is a guest-physical address, whatever the machine type, the RAM size or the number of
+        RAM blocks (NUMA nodes, memory backends).
       - V(raw) - a sparse image whose offset N is guest-physical address N; between the RAM ranges (the PCI hole below
         4 GiB, the legacy VGA/ROM window) a hole of zeros that costs nothing.
       - V(elf) - an ELF core with one C(PT_LOAD) per guest-physical range (C(p_paddr)), what Volatility, crash and gdb
         read without guessing; written from the raw image extent by extent.
-      - The other methods write their own format (raw for pmemsave, ELF for core_dump); V(elf) with pmemsave is refused.
+      - O(method=core_dump) always writes libvirt's ELF core, whatever this option says.
     type: str
     choices: [raw, elf]
     default: raw
@@ -100,8 +104,11 @@ notes:
     (QEMU 7.2 does not use /dev/userfaultfd). The module sets it for the snapshot and puts it back
     right after; the change is journaled before it is made.
   - O(method=background_snapshot) places every RAM block at its guest-physical ranges (QEMU's memory map, read
-    through the monitor before the snapshot; RV(layout)). Guest RAM backed by hugepages is refused before any change
-    (the snapshot write-protects 4 KiB pages); use O(method=core_dump) there.
+    through the monitor before the snapshot; RV(layout)).
+  - Guest RAM on hugepages or shared memory (memory-backend-file, -memfd) is write-protected only by a kernel whose
+    userfaultfd offers C(UFFD_FEATURE_WP_HUGETLBFS_SHMEM) (Linux 5.19 and later). The module asks the kernel and
+    refuses O(method=background_snapshot) before any change where it does not, naming O(method=core_dump) and
+    O(method=pmemsave_paused). Where it does, QEMU decides; a refusal of QEMU's is reported with the same advice.
 seealso:
   - module: dfir.vmcollect.take_snapshot
   - module: dfir.vmcollect.teardown
@@ -156,10 +163,10 @@ format:
   type: str
 layout:
   description:
-    - With O(method=background_snapshot), where the guest's RAM lies, from QEMU's memory map - C(ranges) (each
+    - With O(method=background_snapshot), O(method=pmemsave) and O(method=pmemsave_paused), where the guest's RAM lies, from QEMU's memory map - C(ranges) (each
       C(gpa_start), C(gpa_end), C(size), C(block), C(block_offset)), C(blocks) (each RAM block's length),
       C(unplaced_bytes) (bytes of a block no guest-physical range shows, e.g. under the VGA window) and C(image_size).
-  returned: success with method background_snapshot
+  returned: success with a method other than core_dump
   type: dict
 digests:
   description: Hex digest of the image by algorithm.

@@ -48,6 +48,8 @@ PT_LOAD = 1
 EM_X86_64 = 62
 ET_CORE = 4
 COPY_CHUNK = 4 << 20
+PLACE_PIECE = 64 << 10
+LEGACY_TOP = 1 << 20  # the legacy VGA/ROM window (0xa0000-0xfffff) lies below
 
 
 def flat_ranges(text, address_space="memory"):
@@ -136,6 +138,20 @@ def segments(layout):
     return out
 
 
+def read_spans(layout, legacy_top=LEGACY_TOP):
+    """Guest-physical spans to copy one by one with ``pmemsave`` (which reads one range from an address):
+    [(gpa, size)], the layout's segments with the gaps below ``legacy_top`` (1 MiB: the legacy VGA/ROM window)
+    bridged, so a guest's low RAM is one span from 0 as it always was; the RAM above the PCI hole is a span of its
+    own, and no span ever reads the PCI hole."""
+    out = []
+    for gpa, size in segments(layout):
+        if out and out[-1][0] + out[-1][1] < legacy_top:
+            out[-1] = (out[-1][0], gpa + size - out[-1][0])
+        else:
+            out.append((gpa, size))
+    return out
+
+
 def elf_header(segs):
     """ELF64 core header and program headers for ``segs``; returns (bytes, [file offset of each segment])."""
     phoff = ELF_HEADER_SIZE
@@ -174,6 +190,27 @@ def write_elf(raw_fd, layout, out_fd, extents):
                 pwrite_all(out_fd, chunk, at + (offset + done - gpa))
                 done += len(chunk)
     return total
+
+
+def place(src_fd, out_fd, at, size, chunk=COPY_CHUNK):
+    """Copy ``size`` bytes of ``src_fd`` (from its start) to offset ``at`` of ``out_fd``, leaving the all-zero 64 KiB
+    pieces unwritten (holes of a sparse file; ``out_fd`` must be zero there, as a new or truncated file is); returns
+    the bytes written."""
+    zero = bytes(PLACE_PIECE)
+    chunk = max(PLACE_PIECE, chunk // PLACE_PIECE * PLACE_PIECE)  # pieces on the source's 64 KiB boundaries
+    written = done = 0
+    while done < size:
+        data = os.pread(src_fd, min(chunk, size - done), done)
+        if not data:
+            raise MigrationStreamError("The range file ended after 0x%x of its 0x%x bytes." % (done, size))
+        view = memoryview(data)
+        for k in range(0, len(data), PLACE_PIECE):
+            piece = view[k:k + PLACE_PIECE]
+            if piece != zero[:len(piece)]:
+                pwrite_all(out_fd, piece, at + done + k)
+                written += len(piece)
+        done += len(data)
+    return written
 
 
 def data_extents(fd, start, end):

@@ -34,6 +34,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import glob
 import io
 import json
 import os
@@ -50,6 +51,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     VmcollectError,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host import procfs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.uffd import FEATURE_WP_HUGETLBFS_SHMEM, kernel_features
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import absolute, hash_path, normalize_algorithms
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.space import free_bytes, memory_need
@@ -82,15 +84,15 @@ MIGRATION_SECONDS_PER_GIB = 120.0
 EVENT_WAIT = 2.0  # seconds to wait for a RESUMED event after the guest was resumed
 STREAM_BUFFER = 1024 * 1024
 STREAM_SUFFIX = ".stream.partial"
+RANGE_FILE = "%s.range-%x.partial"  # dest, guest-physical address: pmemsave's copy of a range above the PCI hole
 ACTION_SUSPEND = "kvm.domain_suspended"
 ACTION_CAPABILITY = "kvm.migration_capability"
 # libvirt's lifecycle event numbers (virDomainEventType), fixed by libvirt's ABI
 EVENT_SUSPENDED = 3
 EVENT_RESUMED = 4
 EVENT_STOPPED = 5
-# guest-physical RAM is one linear range from 0 below these sizes (QEMU's PCI hole split)
-_LINEAR_RAM_LIMIT = {"q35": 0xB0000000, "pc": 0xE0000000}
 _ACTIVE_MIGRATION = ("setup", "active", "device", "pre-switchover", "cancelling", "wait-unplug")
+ELF_NOTE = "ELF core written from the raw image: one PT_LOAD per guest-physical range (p_paddr), the holes left out."
 TAINT_NOTE = ("qemu-monitor-command marks the domain as tainted (custom-monitor) in libvirt's log of the VM; "
               "record it in the custody log.")
 
@@ -255,11 +257,6 @@ def untraversable(folder, uid, gid):
     return None
 
 
-def linear_ram_limit(machine):
-    """RAM size from which guest-physical memory is no longer one range from 0 (the PCI hole)."""
-    return _LINEAR_RAM_LIMIT["q35" if "q35" in (machine or "") else "pc"]
-
-
 def read_sysctl(name):
     with open("/proc/sys/" + name.replace(".", "/")) as f:
         return f.read().strip()
@@ -298,7 +295,7 @@ def check_destination(dest, force, journal):
         if not force:
             raise DestinationError("%s exists already; give another dest, or force=true to replace it." % dest,
                                    dest=dest)
-    for work in (dest + PARTIAL_SUFFIX, dest + STREAM_SUFFIX):
+    for work in [dest + PARTIAL_SUFFIX, dest + STREAM_SUFFIX] + sorted(glob.glob(glob.escape(dest) + ".range-*.partial")):
         if os.path.lexists(work) and not journal.find("file.created", path=work):
             raise DestinationError("%s exists and this case's journal did not create it; it is not ours to overwrite."
                                    % work, dest=dest)
@@ -316,11 +313,6 @@ def plan(vm, dest, method, journal, force=False):
             "The VM %s is %s. QEMU 7.2 resumes a paused guest at the end of a background snapshot, so that method is "
             "refused for a guest that is not running; a paused guest is frozen anyway: use pmemsave or core_dump."
             % (label, vm["state"]), vm=_vm_public(vm))
-    if method in ("pmemsave", "pmemsave_paused") and vm["ram"] >= linear_ram_limit(vm["machine"]):
-        raise MemoryAcquisitionError(
-            "The VM %s has %d MiB of RAM on machine type %s: its RAM is split around the PCI hole, and pmemsave of one "
-            "range from 0 would read device memory. Use background_snapshot or core_dump."
-            % (label, vm["ram"] // MIB, vm["machine"]), vm=_vm_public(vm))
     dest, partial = check_destination(dest, force, journal)
     folder = os.path.dirname(dest)
     free = free_bytes(folder)
@@ -350,8 +342,11 @@ def _vm_public(vm):
 def planned_changes(vm, method, dest):
     partial = dest + PARTIAL_SUFFIX
     changes = ["create %s (renamed to the image when complete)" % partial]
-    if method in ("pmemsave", "pmemsave_paused") and vm["qemu_uid"]:
-        changes.append("make %s writable for QEMU's uid %d while QEMU writes it" % (partial, vm["qemu_uid"]))
+    if method in ("pmemsave", "pmemsave_paused"):
+        if vm["qemu_uid"]:
+            changes.append("make %s writable for QEMU's uid %d while QEMU writes it" % (partial, vm["qemu_uid"]))
+        changes.append("for each RAM range above the PCI hole in QEMU's memory map (read at run time), create %s for "
+                       "QEMU to write, copy it to its address in the image, remove it" % (dest + ".range-<address>.partial"))
     if method == "pmemsave_paused" and vm["running"]:
         changes.append("pause VM %s for the copy and resume it" % vm["name"])
     if method == "background_snapshot":
@@ -409,16 +404,35 @@ def read_layout(dom):
         raise MemoryAcquisitionError(exc.message)
 
 
-def check_layout(vm, layout):
-    """Refuse, before any change, guest RAM the background snapshot cannot write-protect: RAM blocks backed by pages
-    other than the host's 4 KiB pages (hugepages)."""
-    big = sorted("%s (%d KiB pages)" % (b, ps // 1024) for b, ps in (layout.get("page_sizes") or {}).items()
-                 if ps != PAGE_SIZE)
-    if big:
+def read_memdevs(dom):
+    """QEMU's memory backends (query-memdev: id, size, share, ...): a read."""
+    return qmp(dom, "query-memdev") or []
+
+
+def special_memory(layout, memdevs):
+    """What of the guest's RAM is not plain anonymous memory of 4 KiB pages: ["ram-node0 (2048 KiB pages)",
+    "pc.ram (shared)"]."""
+    out = ["%s (%d KiB pages)" % (b, ps // 1024) for b, ps in sorted((layout.get("page_sizes") or {}).items())
+           if ps != PAGE_SIZE]
+    out += ["%s (shared)" % m.get("id", "a memory backend") for m in memdevs if m.get("share")]
+    return out
+
+
+def check_write_protect(vm, layout, memdevs, features=kernel_features):
+    """Refuse, before any change, guest RAM this kernel cannot write-protect: hugetlbfs or shared memory on a kernel
+    without userfaultfd's write protection of such memory. Where the kernel has it, QEMU decides (it refuses the
+    capability when it cannot track the guest's memory). Returns what was special about the guest's memory."""
+    special = special_memory(layout, memdevs)
+    if not special:
+        return []
+    offered, why = features()
+    if offered is not None and not offered & FEATURE_WP_HUGETLBFS_SHMEM:
         raise MemoryAcquisitionError(
-            "The RAM of VM %s is backed by hugepages: %s. The background snapshot write-protects guest RAM page by "
-            "page (userfaultfd), which this version does not do on hugepages. Use core_dump (QEMU pauses the guest "
-            "for the whole dump). Nothing was changed." % (vm["name"], ", ".join(big)))
+            "The RAM of VM %s is %s. This kernel (%s) cannot write-protect hugepages or shared memory (its userfaultfd "
+            "does not offer UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19 and later), which a background snapshot needs. "
+            "Use core_dump or pmemsave_paused: they pause the guest for the whole copy. Nothing was changed."
+            % (vm["name"], ", ".join(special), os.uname()[2]))
+    return special
 
 
 def migration_status(dom):
@@ -462,25 +476,101 @@ def publish(partial, dest):
 
 # ------------------------------------------------------------------------ the methods
 
-def take_pmemsave(journal, dom, vm, p):
-    """QMP pmemsave into the partial, which QEMU (running as another user) writes itself.
+def take_pmemsave(journal, dom, vm, p, layout=None):
+    """QMP pmemsave of each guest-physical span of QEMU's memory map (read first), QEMU writing the files itself.
 
-    QEMU opens the file by name (``fopen(..., "wb")``), as the user libvirt runs it as: the
-    partial is created empty by this module, owned by that user (mode 0600), so QEMU needs no
-    write access to the folder, only to search the folders above it; ``seal`` takes it back.
+    QEMU opens each file by name (``fopen(..., "wb")``), as the user libvirt runs it as: each is created empty by this
+    module, owned by that user (mode 0600), so QEMU needs no write access to the folder, only to search the folders
+    above it; ``seal`` takes the image back. The span from 0 (the low RAM) goes straight into the partial image; a
+    span above it (the RAM above the PCI hole) goes into ``<dest>.range-<gpa>.partial``, which ``place_spans``
+    then copies to its guest-physical address in the image, so the image's offsets are guest-physical addresses
+    as the background snapshot's are.
     """
+    layout = layout or read_pmemsave_layout(dom, vm, p)
     owner = (vm["qemu_uid"], vm["qemu_gid"]) if vm["qemu_uid"] else None
     os.close(create_journaled_file(journal, p["partial"], owner=owner))
-    qmp(dom, "pmemsave", {"val": 0, "size": vm["ram"], "filename": p["partial"]})
-    return {"notes": [TAINT_NOTE]}
+    ranges = []
+    for gpa, size in _layout.read_spans(layout):
+        path = p["partial"] if gpa == 0 else range_file(p["dest"], gpa)
+        if gpa:
+            os.close(create_journaled_file(journal, path, "the memory range file", owner=owner))
+            ranges.append((gpa, size, path))
+        qmp(dom, "pmemsave", {"val": gpa, "size": size, "filename": path})
+    return {"notes": [TAINT_NOTE], "layout": _layout.public_layout(layout), "ranges": ranges}
+
+
+def range_file(dest, gpa):
+    return RANGE_FILE % (dest, gpa)
+
+
+def read_pmemsave_layout(dom, vm, p):
+    """QEMU's memory map (a read of its monitor), with the room its range files need checked: before any change."""
+    layout = read_layout(dom)
+    p["layout"] = layout
+    check_span_space(vm, p, _layout.read_spans(layout))
+    return layout
+
+
+def check_span_space(vm, p, spans):
+    """The spans off 0 need room for their range files too (each copied into the image, then removed)."""
+    extra = sum(size for gpa, size in spans if gpa)
+    if not extra:
+        return
+    folder = os.path.dirname(p["dest"])
+    need = p["needed_bytes"] + extra
+    free = free_bytes(folder)
+    if free < need:
+        raise DestinationError("%s has %d MiB free; pmemsave of VM %s needs %d MiB: the image and, for its RAM above "
+                               "the PCI hole, a range file of %d MiB. Nothing was changed."
+                               % (folder, free // MIB, vm["name"], need // MIB, extra // MIB),
+                               dest=p["dest"], free_bytes=free, needed_bytes=need)
+
+
+def place_spans(journal, p, out):
+    """Copy each range file of ``take_pmemsave`` to its guest-physical address in the partial image (its all-zero
+    pieces left as holes), then remove it; the image's size becomes the top of the layout."""
+    ranges = out.pop("ranges", [])
+    fd = os.open(p["partial"], os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if ranges or os.fstat(fd).st_size < p["layout"]["end"]:
+            os.ftruncate(fd, p["layout"]["end"])
+        for gpa, size, path in ranges:
+            src = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                if os.fstat(src).st_size != size:
+                    raise MemoryAcquisitionError("QEMU's pmemsave wrote %d bytes of the range at 0x%x into %s; %d were "
+                                                 "asked for." % (os.fstat(src).st_size, gpa, path, size))
+                _layout.place(src, fd, gpa, size)
+            finally:
+                os.close(src)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for gpa, size, path in ranges:
+        restore(journal, [c["id"] for c in journal.find("file.created", path=path)], strict=True)
+    if ranges:
+        out["notes"].append("The image's offsets are guest-physical addresses (QEMU's memory map: %s): pmemsave "
+                            "copied the low RAM from 0 and each range above the PCI hole on its own, placed at its "
+                            "address; the PCI hole is a hole of zeros." % describe_ranges(p["layout"]))
+    if p.get("format") == "elf":
+        _to_elf(journal, p, p["layout"])
+        out["format"] = "elf"
+        out["notes"].append(ELF_NOTE)
+    return out
+
+
+def describe_ranges(layout):
+    return "; ".join("%s at 0x%x-0x%x" % (r["block"], r["gpa"], r["gpa"] + r["size"] - 1) for r in layout["ranges"])
 
 
 def take_pmemsave_paused(journal, dom, vm, p):
-    """Pause (journaled first), pmemsave, resume in a finally; a guest already paused stays so."""
+    """Pause (journaled first), pmemsave, resume in a finally; a guest already paused stays so. The range files are
+    placed after the resume."""
     if not vm["running"]:
         out = take_pmemsave(journal, dom, vm, p)
         out["notes"].insert(0, "The VM was already %s; it was neither paused nor resumed by this module." % vm["state"])
         return out
+    layout = read_pmemsave_layout(dom, vm, p)  # before the pause
     undo = {"uri": p["uri"], "uuid": vm["uuid"], "name": vm["name"]}
     change = journal.record_change(ACTION_SUSPEND, undo, "pause VM %s (%s) for a memory copy" % (vm["name"], vm["uuid"]),
                                    module="pmemsave")
@@ -490,7 +580,7 @@ def take_pmemsave_paused(journal, dom, vm, p):
         raise MemoryAcquisitionError("libvirt could not pause VM %s: %s." % (vm["name"], _libvirt_message(exc)))
     journal.mark_applied(change)
     try:
-        out = take_pmemsave(journal, dom, vm, p)
+        out = take_pmemsave(journal, dom, vm, p, layout)
     except BaseException:
         restore(journal, [change])
         raise
@@ -529,7 +619,7 @@ def take_background_snapshot(journal, dom, vm, p):
     if cap is None:
         raise MemoryAcquisitionError("This QEMU has no %s migration capability (QEMU 6.0 or later is needed)." % CAPABILITY)
     layout = read_layout(dom)  # where each RAM block lies in guest-physical memory, as QEMU says it (a read)
-    check_layout(vm, layout)
+    special = check_write_protect(vm, layout, read_memdevs(dom))
     p["layout"] = layout
     changes = []
     made = []  # journal ids of the sysctl and capability changes
@@ -553,15 +643,16 @@ def take_background_snapshot(journal, dom, vm, p):
              "(userfaultfd) and saves each page before the guest may change it.",
              "The image's offsets are guest-physical addresses (QEMU's memory map: %s); what lies between the RAM "
              "ranges (the PCI hole below 4 GiB, the legacy VGA/ROM window) is a hole of zeros."
-             % "; ".join("%s at 0x%x-0x%x" % (r["block"], r["gpa"], r["gpa"] + r["size"] - 1)
-                         for r in layout["ranges"])]
+             % describe_ranges(layout)]
+    if special:
+        notes.append("Guest RAM that is not anonymous memory of 4 KiB pages (%s) was write-protected by this kernel's "
+                     "userfaultfd (UFFD_FEATURE_WP_HUGETLBFS_SHMEM) and tracked by QEMU." % ", ".join(special))
     stats.pop("layout", None)
     out = {"notes": notes, "host_changes": changes, "stream": stats, "layout": _layout.public_layout(layout)}
     if p.get("format") == "elf":
         _to_elf(journal, p, layout)
         out["format"] = "elf"
-        notes.append("ELF core written from the raw image: one PT_LOAD per guest-physical range (p_paddr), the holes "
-                     "left out.")
+        notes.append(ELF_NOTE)
     return out
 
 
@@ -652,7 +743,13 @@ def _change_capability(journal, dom, vm, uri, changes):
                 "fdname": FD_NAME}
     change = journal.record_change(ACTION_CAPABILITY, undo_rec, "turn on the migration capability %s of VM %s (%s)"
                                    % (CAPABILITY, vm["name"], vm["uuid"]), module="pmemsave")
-    set_capability(dom, True)
+    try:
+        set_capability(dom, True)
+    except MemoryAcquisitionError as exc:  # QEMU checked the guest's memory and the kernel, and said no
+        journal.mark_undone(change, "never made: QEMU refused it (%s)" % exc.message)
+        raise MemoryAcquisitionError("%s The background snapshot cannot be taken of VM %s (QEMU refuses to track "
+                                     "writes to its memory); core_dump and pmemsave_paused pause the guest for the "
+                                     "whole copy instead." % (exc.message, vm["name"]), **exc.details)
     journal.mark_applied(change)
     changes.append("migration capability %s of VM %s turned on, then off" % (CAPABILITY, vm["name"]))
     return change
@@ -690,9 +787,6 @@ def check_options(method, fmt, algorithms):
         raise InvalidInputError("The method %r is not one of %s." % (method, ", ".join(METHODS)))
     if fmt not in FORMATS:
         raise InvalidInputError("The format %r is not one of %s." % (fmt, ", ".join(FORMATS)))
-    if fmt == "elf" and method in ("pmemsave", "pmemsave_paused"):
-        raise InvalidInputError("pmemsave writes one raw range from guest-physical 0; format elf is made by "
-                                "background_snapshot (from QEMU's memory map) and core_dump (libvirt's).")
     return normalize_algorithms(algorithms)
 
 
@@ -714,6 +808,8 @@ def acquire(journal, uri, dest, method, name=None, uuid=None, algorithms=("sha25
         try:
             started, t0 = utc_now(), time.monotonic()
             out = _TAKERS[method](journal, dom, vm, p)
+            if method in ("pmemsave", "pmemsave_paused"):
+                place_spans(journal, p, out)  # after the resume: the guest does not wait for the copy
             acquired = time.monotonic() - t0
             watch.wait_unpaused()
             pauses = watch.pauses()

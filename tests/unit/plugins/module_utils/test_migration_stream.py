@@ -354,9 +354,7 @@ def test_qemu_identity_from_the_live_xml(tmp_path):
         km.qemu_identity("<domain><name>x</name></domain>", "x", proc=str(tmp_path))
 
 
-def test_linear_ram_limit_and_space():
-    assert km.linear_ram_limit("pc-i440fx-7.2") == 0xE0000000
-    assert km.linear_ram_limit("pc-q35-7.2") == 0xB0000000
+def test_memory_space_rule():
     # pmemsave checks the space rule evidence_plan sums up, not a rule of its own
     assert km.memory_need is space.memory_need and km.free_bytes is space.free_bytes
     assert set(km.METHODS) == set(space.MEMORY_METHODS) - {"none", "snapshot"}  # snapshot: ESXi's

@@ -161,3 +161,96 @@ def test_the_elf_core_has_one_load_per_range_and_the_same_bytes(tmp_path):
     for p_type, dummy, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, dummy2 in loads:
         assert p_type == kl.PT_LOAD and p_filesz == p_memsz and p_offset % 4096 == 0
         assert blob[p_offset:p_offset + p_filesz] == image[p_paddr:p_paddr + p_filesz]
+
+
+def test_pmemsave_reads_the_low_ram_from_0_and_each_range_above_the_pci_hole_on_its_own():
+    """pmemsave reads one range from an address: the legacy window below 1 MiB is bridged (one span from 0, as
+    pmemsave always read a small guest), the PCI hole never is."""
+    assert kl.read_spans(layout_of("small")) == [(0, 256 * (1 << 20))]
+    assert kl.read_spans(layout_of("booted")) == [(0, 0x10000000)]
+    assert kl.read_spans(layout_of("pc5g")) == [(0, 0xc0000000), (4 * GIB, 2 * GIB)]
+    assert kl.read_spans(layout_of("q35-5g")) == [(0, 2 * GIB), (4 * GIB, 3 * GIB)]
+    assert kl.read_spans(layout_of("numa")) == [(0, 3 * GIB), (4 * GIB, 3 * GIB)]
+
+
+def test_a_range_file_is_placed_at_its_address_and_its_zero_pieces_stay_holes(tmp_path):
+    piece = kl.PLACE_PIECE
+    src = tmp_path / "range"
+    data = bytearray(5 * piece + 100)
+    data[piece + 7] = 1  # piece 1 has data, pieces 0, 2, 3 are zero, piece 4 and the tail have data
+    data[4 * piece] = 2
+    data[-1] = 3
+    src.write_bytes(bytes(data))
+    out = tmp_path / "image"
+    at = 3 * GIB
+    with open(str(out), "wb") as f:
+        f.truncate(at + len(data))
+    s = os.open(str(src), os.O_RDONLY)
+    o = os.open(str(out), os.O_RDWR)
+    try:
+        written = kl.place(s, o, at, len(data), chunk=2 * piece + 12)  # chunks that do not fall on pieces
+        assert written == len(data) - 3 * piece
+        assert os.pread(o, len(data), at) == bytes(data)
+        assert os.pread(o, piece, at - piece) == bytes(piece)
+        assert list(kl.data_extents(o, 0, at + len(data)))[0][0] >= at  # nothing written below
+        with pytest.raises(MigrationStreamError, match="ended after"):
+            kl.place(s, o, at, len(data) + 1)
+    finally:
+        os.close(s)
+        os.close(o)
+
+
+def test_hugepages_or_shared_memory_need_the_kernels_write_protection_of_them():
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import MemoryAcquisitionError
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._host import uffd
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as km
+    vm = {"name": "vm1"}
+    plain = {"page_sizes": {"pc.ram": 4096}}
+    huge = {"page_sizes": {"ram-node0": 4096, "ram-node1": 2 << 20}}
+
+    def never():
+        raise AssertionError("the kernel is not asked for plain memory")
+
+    def old():  # a kernel before 5.19
+        return uffd.FEATURE_PAGEFAULT_FLAG_WP, None
+
+    def new():
+        return uffd.FEATURE_PAGEFAULT_FLAG_WP | uffd.FEATURE_WP_HUGETLBFS_SHMEM, None
+
+    def unknown():
+        return None, "no syscall"
+
+    assert km.check_write_protect(vm, plain, [{"id": "pc.ram", "share": False}], never) == []
+    with pytest.raises(MemoryAcquisitionError,
+                       match=r"ram-node1 \(2048 KiB pages\).*core_dump or pmemsave_paused.*Nothing was changed"):
+        km.check_write_protect(vm, huge, [], old)
+    with pytest.raises(MemoryAcquisitionError, match=r"pc.ram \(shared\)"):
+        km.check_write_protect(vm, plain, [{"id": "pc.ram", "share": True}], old)
+    assert km.check_write_protect(vm, huge, [], new) == ["ram-node1 (2048 KiB pages)"]
+    # a kernel that cannot be asked: QEMU decides (it refuses the capability when it cannot track the memory)
+    assert km.check_write_protect(vm, huge, [], unknown) == ["ram-node1 (2048 KiB pages)"]
+
+
+def test_the_kernel_is_asked_for_its_userfaultfd_features():
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._host import uffd
+    offered, why = uffd.kernel_features()
+    if offered is None:
+        pytest.skip("userfaultfd cannot be opened here: %s" % why)
+    assert offered & uffd.FEATURE_PAGEFAULT_FLAG_WP  # every kernel QEMU's background snapshot runs on has it
+
+
+def test_a_capability_qemu_refuses_is_journaled_as_never_made_and_names_the_methods_that_work(tmp_path, monkeypatch):
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import MemoryAcquisitionError
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as km
+
+    def refuse(dom, state, name=km.CAPABILITY):
+        raise MemoryAcquisitionError("QEMU refused migrate-set-capabilities: Background-snapshot is not compatible "
+                                     "with guest memory configuration.", qmp_command="migrate-set-capabilities")
+    monkeypatch.setattr(km, "set_capability", refuse)
+    journal = Journal("cap-refused", str(tmp_path / "journal"), hostname="unit")
+    vm = {"name": "vm1", "uuid": "u-1"}
+    with pytest.raises(MemoryAcquisitionError, match="not compatible.*core_dump and pmemsave_paused") as err:
+        km._change_capability(journal, None, vm, "qemu:///system", [])
+    assert err.value.details == {"qmp_command": "migrate-set-capabilities"}
+    assert journal.pending() == []  # nothing for teardown to undo, nothing to block the next run

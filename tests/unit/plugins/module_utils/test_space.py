@@ -214,8 +214,6 @@ def test_whole_acquisition_is_never_refused_by_a_step(monkeypatch, tmp_path, tin
         allocations = [rng.choice(_sizes(rng, 5)) for dummy in range(rng.randint(1, 6))]
         method = rng.choice(methods)
         ram = int(2 ** rng.uniform(20, 40)) // MIB * MIB
-        if method in ("pmemsave", "pmemsave_paused"):
-            ram = min(ram, km.linear_ram_limit("pc-q35-7.2") - MIB)
         free = space.plan_bytes(allocations, ram, method)
         if method != "none":
             assert not _pmemsave_refuses(monkeypatch, tmp_path, ram, method, free), (ram, method, free)
