@@ -32,7 +32,7 @@ unit: setup  ## unit tests (no lab needed)
 integration: setup lab-up  ## integration tests on the lab (leaves the lab up)
 	VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider tests/integration
 
-test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the CI run): guests of 4-8 GiB, NUMA
+test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the CI run): guests of 4-8 GiB, NUMA, more kill and link faults
 	VMCOLLECT_SLOW=1 VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider -m slow tests/integration
 
 build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module

@@ -172,6 +172,7 @@ def _applied(folder, action):
     return [r for r in records if r.get("action") == action and r["id"] in applied]
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_kill_after_the_datastore_is_made_then_one_teardown_restores_both_hosts(acquisition, lab, esx, ansible_playbook):
     work, case = acquisition["work"], "case-esxi-iscsi-kill"
     before = host_state(esx)

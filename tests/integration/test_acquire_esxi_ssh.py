@@ -72,6 +72,7 @@ def test_the_volume_opens_as_an_examiner_opens_it(acquisition, esx):
     assert esx["content"]["ram_banner"][:40] in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_the_https_transport_freezes_with_vim_cmd_too(lab, esx, ansible_playbook):
     """The https transport on a free host: the SSH engine's vim-cmd makes and removes the snapshot, the disks and the
     memory files are pulled over HTTPS (reads, which a free host allows)."""

@@ -232,7 +232,11 @@ KILL_POINTS = {
 }
 
 
-@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+SLOW_KILL_POINTS = ("after-the-freeze", "during-the-copy-of-vdb")  # like the others; outside the CI budget
+
+
+@pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_KILL_POINTS else p
+                                   for p in sorted(KILL_POINTS)])
 def test_kill_9_at_each_step_then_one_teardown_then_the_same_case_completes(acquisition, lab, ansible_playbook, point):
     """ansible-playbook's process group is killed at a step; ONE run of playbooks/teardown.yml stops what still runs
     and puts the host back as it was; a rerun of the SAME case then completes and verifies, with what the killed run

@@ -353,6 +353,7 @@ def slow_vm(lab, tmp_path):
         subprocess.run(["rm", "-rf", folder], check=False)
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_storage_link_cut_during_a_copy(iscsi, lab, slow_vm):
     work = iscsi["work"]
     case = "case-iscsi-cut"
@@ -486,6 +487,7 @@ cd set-aside/*/ && sha256sum -c --strict SHA256SUMS && find . -type f""")
     print("LUN %d bytes before the rerun, %d after" % (size_before, os.stat(backing).st_size))
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_kill_9_during_the_collectors_verification_one_teardown_then_the_same_case_completes(iscsi, lab):
     """Killed while the collector re-hashes the volume: ONE teardown stops or outlasts the verification, unmounts and
     unexports; the rerun of the same case adopts the evidence its manifest records, and the collector verifies and

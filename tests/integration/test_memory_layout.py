@@ -168,14 +168,7 @@ def acquire_all(lab, tmp_path, name, mib, machine="pc", numa=None, methods=()):
         banners["dump"] = at_address(files["dump"], banners["raw"][0], len(banners["raw"][1] or ""))
         return got, counts, banners
     finally:
-        mb.DOMAIN_XML = saved
-        journal.teardown()
-        subprocess.run(["virsh", "-c", mb.URI, "destroy", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
-        shutil.rmtree(work, ignore_errors=True)
-        log = os.path.join(lab["lab_dir"], "hosts", "kvm", "var-log-libvirt", "qemu", name + ".log")
-        if os.path.exists(log):
-            os.unlink(log)
+        cleanup(journal, name, work, lab, saved)
 
 
 def check(got, counts, banners, mib, blocks, marker_above_4g=True):
@@ -282,6 +275,7 @@ def paused_images(journal, name, work):
 
 
 def cleanup(journal, name, work, lab, saved):
+    """The guest's journal torn down, the guest destroyed, its folder and QEMU log removed, the bench's XML back."""
     mb.DOMAIN_XML = saved
     journal.teardown()
     subprocess.run(["virsh", "-c", mb.URI, "destroy", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

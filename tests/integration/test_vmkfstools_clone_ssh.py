@@ -298,6 +298,7 @@ def _teardown_removes_the_partial_copy(sim, case_id, journal_dir, dest_folder):
     return results
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_7_a_command_timeout_stops_the_clone_and_teardown_removes_what_it_left(sim, case, big, tmp_path):
     journal_dir = str(tmp_path / "journal")
     evidence_before = tree(local(sim, EVIDENCE))
@@ -314,6 +315,7 @@ def test_7_a_command_timeout_stops_the_clone_and_teardown_removes_what_it_left(s
     assert tree(local(sim, "LocalDS_0"), skip=running_vm_folders(sim)) == source_before
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_8_a_kill_mid_clone_then_teardown_over_ssh_removes_the_partial_copy_and_nothing_else(sim, case, big, tmp_path):
     journal_dir = str(tmp_path / "journal")
     dest_local = local(sim, EVIDENCE, "clone-k/big [k]")
@@ -345,6 +347,7 @@ def test_8_a_kill_mid_clone_then_teardown_over_ssh_removes_the_partial_copy_and_
     assert tree(local(sim, "LocalDS_0"), skip=running_vm_folders(sim)) == source_before
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_8b_the_undo_stops_a_vmkfstools_still_cloning_and_removes_its_files_once_they_settle(sim, big):
     """What teardown does when the vmkfstools of an interrupted run still clones (its module killed, the command going
     on over a connection that is gone): the undo of the SSH engine on a record like the one it journals."""
