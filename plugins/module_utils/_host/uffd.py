@@ -23,13 +23,11 @@ UFFDIO_API = 0xC018AA3F  # _IOWR(0xAA, 0x3F, struct uffdio_api {__u64 api, featu
 UFFD_USER_MODE_ONLY = 1
 FEATURE_PAGEFAULT_FLAG_WP = 1 << 0
 FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12
-FEATURE_NAMES = {FEATURE_PAGEFAULT_FLAG_WP: "UFFD_FEATURE_PAGEFAULT_FLAG_WP",
-                 FEATURE_WP_HUGETLBFS_SHMEM: "UFFD_FEATURE_WP_HUGETLBFS_SHMEM"}
 _SYSCALL = {"x86_64": 323, "aarch64": 282, "ppc64le": 364, "s390x": 355}
 
 
 def kernel_features():
-    """The userfaultfd features this kernel offers (an int), or (None, why) when it cannot be asked."""
+    """(the userfaultfd features this kernel offers as an int, None), or (None, why) when it cannot be asked."""
     number = _SYSCALL.get(platform.machine())
     if number is None:
         return None, "no userfaultfd syscall number is known for %s" % platform.machine()
