@@ -16,12 +16,11 @@ Guest pause = SUSPENDED to RESUMED lifecycle events from libvirt's event loop, f
 too. "acquire s" is until the image is written (what virsh dump does), "wall s" adds hashing.
 It prints medians and ratios to the baseline; the target is a background_snapshot pause under
 50 ms at every RAM size. Above the PCI hole split (3 GiB on pc) every image is placed by QEMU's
-memory map (issue 12). For each background_snapshot round it also prints the size of the QEMU
-process's page tables just before (VmPTE): the pause is mostly the kernel write-protecting guest
-RAM entry by entry, cheap where RAM is mapped by 2 MiB entries (a first snapshot maps untouched RAM
-to the huge zero page), about 8 bytes of page table and a few ns per 4 KiB page where it is mapped
-page by page (QEMU's release of the protection after a snapshot splits the huge entries). It
-asserts nothing. Domains, images, journal, QEMU logs are removed at
+memory map (issue 12). Every round runs on the same guest: the first background snapshot pauses
+it for a few ms, the later ones longer, because QEMU's write protection of all guest RAM (one
+UFFDIO_WRITEPROTECT in the stop window) is cheap on the 2 MiB mappings untouched RAM has and costs
+tens of ms once the first snapshot's page-by-page release has split them (docs/architecture.md).
+It asserts nothing. Domains, images, journal, QEMU logs are removed at
 the end, also after a failure.
 """
 
@@ -118,22 +117,6 @@ def methods_for(dummy_mib):
     return list(km.METHODS)
 
 
-def qemu_memory(name):
-    """The guest's QEMU process: (pid, KiB of its page tables (VmPTE: 4 KiB mappings cost 8 bytes each, huge ones
-    4 KiB per GiB), MiB resident)."""
-    out = subprocess.run(["pgrep", "-f", "guest=%s," % name], stdout=subprocess.PIPE, check=False).stdout.split()
-    if len(out) != 1:
-        return None, None, None
-    pid = int(out[0])
-    fields = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-                fields[parts[0][:-1]] = int(parts[1])
-    return pid, fields.get("VmPTE", 0), fields.get("VmRSS", 0) // 1024
-
-
 def run_size(mib, args, results):
     name = "vmc-test-mem-bench-%d" % mib
     work = os.path.join(args.dir, str(mib))
@@ -147,9 +130,7 @@ def run_size(mib, args, results):
                 if contender == BASELINE:
                     r = baseline(name, dest)
                 else:
-                    pte = qemu_memory(name)[1]  # before: the pause follows how guest RAM is mapped
                     r = km.acquire(journal, URI, dest, contender, name=name)
-                    r["vmpte_kib_before"] = pte
                 if not marker_in(dest, marker):
                     raise SystemExit("%s at %d MiB: the RAM marker is not in the image" % (contender, mib))
                 os.unlink(dest)
@@ -183,11 +164,9 @@ def report(results, args):
                 mib, contender, pause, acq, wall, pause / base_pause if base_pause else 0, acq / base_acq))
     for mib in args.ram_mib:
         rs = results[(mib, "background_snapshot")]
-        print("background_snapshot %d MiB, each round: pause (events) %s ms, QEMU's own downtime %s ms, QEMU's page "
-              "tables before the round (VmPTE) %s KiB" % (
-                  mib, ", ".join("%.1f" % r["pause_ms"] for r in rs),
-                  ", ".join(str(r["stream"]["qemu_downtime_ms"]) for r in rs),
-                  ", ".join(str(r["vmpte_kib_before"]) for r in rs)))
+        print("background_snapshot %d MiB, each round: pause (events) %s ms, QEMU's own downtime %s ms" % (
+            mib, ", ".join("%.1f" % r["pause_ms"] for r in rs),
+            ", ".join(str(r["stream"]["qemu_downtime_ms"]) for r in rs)))
     worst = max(max(r["pause_ms"] for r in results[(mib, "background_snapshot")]) for mib in args.ram_mib)
     print("background_snapshot: worst pause %.1f ms over all rounds and sizes (target < 50 ms): %s"
           % (worst, "met" if worst < 50 else "NOT met"))

@@ -107,9 +107,9 @@ notes:
   - O(method=background_snapshot) places every RAM block at its guest-physical ranges (QEMU's memory map, read
     through the monitor before the snapshot; RV(layout)).
   - The background snapshot's pause is mostly the kernel write-protecting guest RAM while QEMU has the guest
-    stopped, and it follows QEMU's page tables - on the project's lab, 1 to 4 ms for 8 GiB on a first snapshot
-    (untouched RAM mapped by 2 MiB entries), 48 to 72 ms on a later one (RAM mapped 4 KiB page by page, which the
-    first snapshot leaves behind).
+    stopped, and it follows how the kernel maps that RAM - on the project's lab, 1 to 5 ms for 8 GiB on a first
+    snapshot (untouched RAM mapped by 2 MiB entries), 40 to 72 ms on a later one (RAM mapped 4 KiB page by page,
+    which the first snapshot leaves behind).
   - Guest RAM on hugepages or shared memory (memory-backend-file, -memfd) is write-protected only by a kernel whose
     userfaultfd offers C(UFFD_FEATURE_WP_HUGETLBFS_SHMEM) (Linux 5.19 and later). The module asks the kernel and
     refuses O(method=background_snapshot) before any change where it does not, naming O(method=core_dump) and
