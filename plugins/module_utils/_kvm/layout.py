@@ -96,7 +96,7 @@ def ram_blocks(text):
 def guest_ram_layout(mtree_text, ramblock_text):
     """The guest's RAM in guest-physical memory: {ranges: [{gpa, size, block, offset}] sorted by gpa, blocks: {name:
     used length} of the blocks that have ranges, unplaced: {block: bytes of it no range shows}, end: the highest
-    guest-physical address + 1}."""
+    guest-physical address + 1, page_sizes: {name: the host page size backing the block}}."""
     blocks = ram_blocks(ramblock_text)
     flat = [r for r in flat_ranges(mtree_text) if r["name"] in blocks]
     # the guest's RAM blocks: those with a `ram` range; their `rom` ranges are RAM the chipset maps read-only (the
@@ -116,7 +116,8 @@ def guest_ram_layout(mtree_text, ramblock_text):
     for r in ranges:
         shown[r["block"]] = shown.get(r["block"], 0) + r["size"]
     return {"ranges": ranges, "blocks": used, "end": max(r["gpa"] + r["size"] for r in ranges),
-            "unplaced": dict((b, used[b] - shown[b]) for b in used if used[b] > shown[b])}
+            "unplaced": dict((b, used[b] - shown[b]) for b in used if used[b] > shown[b]),
+            "page_sizes": dict((b, blocks[b]["page_size"]) for b in used)}
 
 
 def public_layout(layout):

@@ -396,10 +396,7 @@ def read_layout(dom):
     mtree = qmp(dom, "human-monitor-command", {"command-line": "info mtree -f"})
     blocks = qmp(dom, "human-monitor-command", {"command-line": "info ramblock"})
     try:
-        lay = _layout.guest_ram_layout(mtree, blocks)
-        sizes = _layout.ram_blocks(blocks)
-        lay["page_sizes"] = dict((b, sizes[b]["page_size"]) for b in lay["blocks"])
-        return lay
+        return _layout.guest_ram_layout(mtree, blocks)
     except VmcollectError as exc:
         raise MemoryAcquisitionError(exc.message)
 

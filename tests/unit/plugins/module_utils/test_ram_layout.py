@@ -254,3 +254,7 @@ def test_a_capability_qemu_refuses_is_journaled_as_never_made_and_names_the_meth
         km._change_capability(journal, None, vm, "qemu:///system", [])
     assert err.value.details == {"qmp_command": "migrate-set-capabilities"}
     assert journal.pending() == []  # nothing for teardown to undo, nothing to block the next run
+
+
+def test_the_layout_names_the_page_size_backing_each_placed_block():
+    assert layout_of("numa")["page_sizes"] == {"ram-node0": 4096, "ram-node1": 4096}
