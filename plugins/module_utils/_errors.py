@@ -71,6 +71,10 @@ class ManifestError(VmcollectError):
     """The case manifest cannot be read, merged or written."""
 
 
+class CustodyError(VmcollectError):
+    """A custody log is broken, incomplete or not a custody log: nothing is appended to it."""
+
+
 class MemoryAcquisitionError(VmcollectError):
     """A VM's memory cannot be acquired by the method asked for (never replaced by another method)."""
 
