@@ -75,6 +75,14 @@ class CustodyError(VmcollectError):
     """A custody log is broken, incomplete or not a custody log: nothing is appended to it."""
 
 
+class SigningError(VmcollectError):
+    """A record cannot be signed with the key given (passphrase without an agent, no private key, ssh-keygen failed)."""
+
+
+class SignatureError(VmcollectError):
+    """At least one record's signature is missing or does not verify (the record changed, or another key signed it)."""
+
+
 class MemoryAcquisitionError(VmcollectError):
     """A VM's memory cannot be acquired by the method asked for (never replaced by another method)."""
 
