@@ -24,6 +24,9 @@ APT_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev
   # the ESXi tests read the acquired disks as an examiner would (mmls, fls, icat)
   sleuthkit
+  # E01 output (ewfacquirestream on the host that writes it; ewfverify, ewfinfo in the tests) and the report's check
+  # in headless Chromium
+  ewf-tools chromium
   # the collector reads a real ESXi datastore (VMFS) read-only through FUSE: vmfs6-fuse (VMFS 6), vmfs-fuse (VMFS 5)
   vmfs6-tools vmfs-tools
   # building the venv (libvirt-python compiles against libvirt-dev) and sanity's shellcheck
