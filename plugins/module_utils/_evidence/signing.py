@@ -53,6 +53,7 @@ _SSH_KEYGEN_MISSING = ("ssh-keygen cannot be started (%s); install OpenSSH's cli
                        "package openssh-client, on RHEL openssh) where this runs.")
 # ---- names -------------------------------------------------------------------------------------------------------
 
+
 def principal_field(principal):
     """The principal as written in allowed_signers (quoted when it holds a space), after checking it.
 
