@@ -153,13 +153,22 @@ def _changed_tasks(stdout):
 
 
 def test_second_run_changes_nothing(acquisition):
-    """Nothing but the case lock, taken and released again: the host is left as found."""
+    """Nothing on the host but the case lock, taken and released again; the case's records say it was verified again.
+
+    The custody log grows by the re-verification and the release of the lock, so the report (whose time is the last
+    custody record's) is written anew: the only changes besides the lock, each of them an append or a record.
+    """
     out = acquisition["second"].stdout
     assert acquisition["second"].returncode == 0, out[-5000:]
     changed = _changed_tasks(out)
-    assert [t.split(" : ")[-1].split(" (")[0] for t in changed] == ["Lock the case on this host for this run",
-                                                                    "Release the case lock"], out[-5000:]
-    assert _recap(out)["changed"] == 2, out[-5000:]
+    assert [t.split(" : ")[-1].split(" (")[0] for t in changed] == [
+        "Lock the case on this host for this run", "Record the re-verification in the custody log",
+        "Release the case lock", "Record the release of the case lock in the custody log",
+        "Write the case's report"], out[-5000:]
+    assert _recap(out)["changed"] == 5, out[-5000:]
+    with open(os.path.join(acquisition["case_dir"], "custody.jsonl")) as f:
+        events = [json.loads(line)["event"] for line in f]
+    assert events[-2:] == ["reverify", "teardown"], events
     assert not os.path.exists(os.path.join(acquisition["journal"], "case-e2e-1"))
 
 

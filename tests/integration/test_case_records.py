@@ -200,3 +200,24 @@ def test_the_report_names_every_artifact_and_its_signer(case):
     with open(os.path.join(case["dir"], "report.html")) as f:
         html = f.read()
     assert "<b>test</b>" not in html and "&lt;b&gt;test&lt;/b&gt;" in html
+
+
+def test_a_key_that_cannot_sign_is_refused_before_any_change(lab, ansible_playbook, tmp_path):
+    """A passphrase-protected key and no ssh-agent: refused at the plan, with a sentence; no case folder, no journal."""
+    key = str(tmp_path / "locked_ed25519")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", key], check=True)
+    evidence = str(tmp_path / "evidence")
+    journal = str(tmp_path / "journal")
+    env_agent = os.environ.pop("SSH_AUTH_SOCK", None)
+    try:
+        result = ansible_playbook(PLAYBOOK, "-e", "vmcollect_hosts=kvm_hosts", "-e", "kvm_acquire_case_id=case-records-2",
+                                  "-e", json.dumps({"kvm_acquire_examiner": EXAMINER, "kvm_acquire_vms": [lab["guest"]["name"]],
+                                                    "vmcollect_signing_key": key}),
+                                  "-e", "kvm_acquire_evidence_dir=" + evidence, "-e", "kvm_acquire_journal_dir=" + journal)
+    finally:
+        if env_agent is not None:
+            os.environ["SSH_AUTH_SOCK"] = env_agent
+    assert result.returncode != 0
+    assert "passphrase" in result.stdout, result.stdout[-3000:]
+    assert not os.path.exists(os.path.join(evidence, "case-records-2"))
+    assert not os.path.exists(os.path.join(journal, "case-records-2"))
