@@ -10,9 +10,11 @@ lists, never through a shell; case text is checked for the characters that would
 
 What ``ewfacquirestream`` 20140813 (Debian 12's ewf-tools) does, measured, and why this module works around it:
 
-* ``-B <bytes>`` equal to the stream's length drops the last partial chunk (a 33,000-byte stream gave a 32,768-byte
-  image and the MD5 of those); ``-B`` is given only when the size is a multiple of the chunk (64 sectors of 512
-  bytes), otherwise the media size is taken from the stream's end. Either way ewf's media size is checked.
+* ``-B <bytes>`` is never given: equal to the stream's length it drops the last partial chunk (a 33,000-byte stream
+  gave a 32,768-byte image and the MD5 of those), and even for a whole number of chunks it writes an image ewfinfo
+  calls corrupted, without digests, whenever a read from the pipe comes back short (a 200 MiB disk of 4 KiB
+  clusters, three runs of three with a producer writing pieces of odd sizes; none without ``-B``). The media size
+  is taken from the stream's end, and ewf's media size and MD5 are checked against the stream.
 * a media size that is not a multiple of 512 bytes is recorded rounded down while all bytes are hashed: refused.
 * a tab or newline in a case field splits EWF's header lines (the notes spill into other fields): refused.
 * it overwrites an existing target without a word: the image is written under a temporary name beside the
@@ -222,15 +224,14 @@ def _tail(f):
     return f.read().decode("utf-8", "replace")
 
 
-def _argv(exe, stem, size, fields, compression, segment_size):
+def _argv(exe, stem, fields, compression, segment_size):
     argv = [exe, "-q", "-f", EWF_FORMAT, "-c", "deflate:%s" % compression, "-d", "sha1",
             "-b", str(SECTORS_PER_CHUNK), "-P", str(BYTES_PER_SECTOR), "-m", "fixed", "-M", "physical"]
     for key in CASE_FIELDS:
         argv += [_FIELD_FLAGS[key], fields[key]]
     if segment_size:
         argv += ["-S", str(segment_size)]
-    if size % CHUNK_BYTES == 0:
-        argv += ["-B", str(size)]  # see the module docstring: only a whole number of chunks is safe
+    # no -B <size>: see the module docstring (short reads from the pipe corrupt the image when it is given)
     return argv + ["-t", stem]
 
 
@@ -383,7 +384,7 @@ def acquire_e01(layers, target_stem, case_fields, algorithms=("sha256", "md5"), 
         if segment_paths(temp_stem):
             raise DestinationError("Temporary E01 segments %s.* exist already; remove them." % temp_stem,
                                    failed_path=temp_stem + ".E01")
-        argv = _argv(exe, temp_stem, size, fields, compression, segment_size)
+        argv = _argv(exe, temp_stem, fields, compression, segment_size)
         started = time.monotonic()
         try:
             stream, stdout = _run_acquire(argv, folder, chain, algorithms, chunk, temp_stem)

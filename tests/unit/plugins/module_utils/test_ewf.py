@@ -155,3 +155,24 @@ def test_a_writer_that_dies_leaves_nothing(chain, tmp_path, monkeypatch):
     with pytest.raises(DestinationError, match="ewfacquirestream (stopped reading|failed).*disk full"):
         ewf.acquire_e01(chain, str(folder / "vda"), {})
     assert os.listdir(str(folder)) == []
+
+
+def test_short_reads_from_the_pipe_never_corrupt_the_image(tmp_path):
+    """A disk of 4 KiB clusters streams in many small pieces, so ewfacquirestream's reads come back short; given
+    ``-B <size>`` it then wrote an image ewfinfo called corrupted, without digests (seen on a 200 MiB chain). The
+    writer gives no -B: every run here is complete and its MD5 is the stream's."""
+    folder = str(tmp_path)
+    base = os.path.join(folder, "base.raw")
+    with open(base, "wb") as f:
+        f.truncate(32 * MIB)
+    top = os.path.join(folder, "top.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", base, "-F", "raw", top, 32 * MIB)
+    writes = []
+    for i in range(600):  # a 4 KiB cluster of data every 12 KiB
+        writes += ["-c", "write -P 0x%02x %dk 4k" % (i % 251 + 1, i * 12)]
+    run("qemu-io", "-f", "qcow2", *(writes + [top]))
+    layers = [{"path": top, "format": "qcow2"}, {"path": base, "format": "raw"}]
+    want = diskimage.logical_digests(layers, ["md5"])["digests"]["md5"]
+    for n in range(3):
+        out = ewf.acquire_e01(layers, os.path.join(folder, "e%d" % n, "vda"), {"case_number": "C-1"}, ["sha256"])
+        assert out["ewf_digests"]["md5"] == want
