@@ -58,6 +58,22 @@ options:
     type: list
     elements: dict
     default: []
+  custody:
+    description:
+      - Records to append to the case's custody log (C(custody.jsonl) in O(case_dir)) once the manifest is written,
+        in the same task, as M(dfir.vmcollect.evidence_custody) appends them (each chained to the last by SHA-256).
+      - Nothing is appended when the manifest cannot be written.
+    type: dict
+    suboptions:
+      events:
+        description: The events, each with C(event) (one lower-case word), C(module), C(summary) and C(details).
+        type: list
+        elements: dict
+        required: true
+      controller:
+        description: Who ran the job from where (lookup C(dfir.vmcollect.controller)), in every record.
+        type: dict
+        default: {}
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
 attributes:
@@ -99,11 +115,18 @@ paths:
     sha256sums:
       description: The checksum file.
       type: str
+custody:
+  description: What was appended to the custody log (as M(dfir.vmcollect.evidence_custody) returns it).
+  returned: when O(custody) has events
+  type: dict
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import custody
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.manifest import update
 
 
@@ -117,6 +140,10 @@ def main():
             artifacts=dict(type="list", elements="dict", default=[]),
             tools=dict(type="dict", default={}),
             events=dict(type="list", elements="dict", default=[]),
+            custody=dict(type="dict", options=dict(
+                events=dict(type="list", elements="dict", required=True),
+                controller=dict(type="dict", default={}),
+            )),
         ),
         supports_check_mode=True,
     )
@@ -124,6 +151,11 @@ def main():
     try:
         result = update(p["case_dir"], p["case_id"], examiner=p["examiner"], description=p["description"],
                         artifacts=p["artifacts"], tools=p["tools"], events=p["events"], check_mode=module.check_mode)
+        if p["custody"] and p["custody"]["events"]:
+            result["custody"] = custody.append(os.path.join(os.path.dirname(result["paths"]["manifest"]), custody.NAME),
+                                               p["case_id"], p["custody"]["events"],
+                                               controller=p["custody"]["controller"], check_mode=module.check_mode)
+            result["changed"] = result["changed"] or result["custody"]["changed"]
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

@@ -241,7 +241,7 @@ KILL_POINTS = {
 }
 
 
-SLOW_KILL_POINTS = ("after-the-freeze", "during-the-copy-of-vdb")  # like the others; outside the CI budget
+SLOW_KILL_POINTS = ("after-the-freeze", "during-the-copy-of-vda", "during-the-copy-of-vdb")  # outside the CI budget (the iSCSI test kills a copy in CI)
 
 
 @pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_KILL_POINTS else p
