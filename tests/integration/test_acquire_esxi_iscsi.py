@@ -89,6 +89,10 @@ def test_the_collector_record_holds_the_digests_taken_at_the_source(acquisition)
     arts = manifest["artifacts"]
     assert sorted(a["kind"] for a in arts.values()) == ["disk", "memory", "memory_state"]
     assert all("vmkfstools_clone" in a["method"] for a in arts.values())
+    # the clone's flat extent is the disk's raw image: its logical digests are its source's, and it opens as raw
+    [disk] = [(p, a) for p, a in arts.items() if a["kind"] == "disk"]
+    assert disk[1]["logical"]["digests"] == disk[1]["digests"] and disk[1]["logical"]["chain"] == [disk[0]]
+    assert disk[1]["logical"]["open"]["command"].startswith("qemu-img convert -f raw -O raw ")
     records = [json.loads(line) for line in open(acquisition["backing"] + ".verified.jsonl")]
     assert records[-1]["result"] == "verified"
     verified = dict(zip(records[-1]["files"], records[-1]["digests"]))
