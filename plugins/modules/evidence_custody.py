@@ -64,6 +64,12 @@ options:
         and template); written into every record, with the collection's version added.
     type: dict
     default: {}
+  create:
+    description:
+      - Create the log (and its missing folders) when it does not exist. With V(false), a missing log is left so and
+        nothing is written (RV(missing)); a record of a run that never started the case makes no case folder.
+    type: bool
+    default: true
   continue_from:
     description:
       - A custody log this one continues. When O(path) does not exist yet, that log's chain is verified and its bytes
@@ -133,6 +139,10 @@ intact:
   description: The chain holds (always true on success; a broken chain fails with RV(broken_at)).
   returned: when O(state=verified)
   type: bool
+missing:
+  description: The log did not exist and O(create=false) left it so; nothing was written.
+  returned: when O(create=false) and the log does not exist
+  type: bool
 broken_at:
   description: The number of the first line that breaks the chain.
   returned: failure
@@ -159,6 +169,7 @@ def main():
             )),
             controller=dict(type="dict", default={}),
             continue_from=dict(type="path"),
+            create=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
@@ -169,7 +180,8 @@ def main():
             result["changed"] = False
         else:
             result = custody.append(p["path"], p["case_id"], p["events"], controller=p["controller"],
-                                    continue_from=p["continue_from"], check_mode=module.check_mode)
+                                    continue_from=p["continue_from"], check_mode=module.check_mode,
+                                    create=p["create"])
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

@@ -141,16 +141,20 @@ def _event(entry, case_id, controller, host):
             "controller": redact(dict(controller or {}, collection_version=VERSION))}
 
 
-def append(path, case_id, events, controller=None, continue_from=None, check_mode=False):
+def append(path, case_id, events, controller=None, continue_from=None, check_mode=False, create=True):
     """Append ``events`` (dicts: event, module, summary, details) to the log at ``path``, each chained to the last.
 
     ``continue_from``: a log the one at ``path`` continues (copied whole first when ``path`` does not exist yet; else
-    ``path`` must begin with it). Returns dict(changed, path, created, imported, first_seq, records, sha256 ...).
+    ``path`` must begin with it). ``create=False``: a log that does not exist is left so (nothing is written, and the
+    result says ``missing``). Returns dict(changed, path, created, imported, first_seq, records, sha256 ...).
     """
     check_case_id(case_id)
     if not isinstance(path, str) or not os.path.isabs(path):
         raise InvalidInputError("The custody log's path %r is not absolute; give one. Nothing was written." % (path,))
     path = os.path.normpath(path)
+    if not create and not os.path.lexists(path):
+        return {"changed": False, "path": path, "missing": True, "created": False, "imported": False,
+                "first_seq": None, "appended": 0, "records": 0, "created_folders": []}
     host = socket.gethostname()
     new = [_event(e, case_id, controller, host) for e in events or []]
     base = None

@@ -119,3 +119,11 @@ def test_other_case_and_bad_events_refused(tmp_path):
         c.append(path, "case-1", [{"event": "plan", "extra": 1}])
     with pytest.raises(InvalidInputError):
         c.append("relative/custody.jsonl", "case-1", [ev("plan")])
+
+
+def test_create_false_leaves_a_missing_log_missing(tmp_path):
+    path = str(tmp_path / "no-case" / c.NAME)
+    out = c.append(path, "case-1", [ev("teardown")], create=False)
+    assert out["missing"] and not out["changed"] and not (tmp_path / "no-case").exists()
+    c.append(path, "case-1", [ev("plan")])
+    assert c.append(path, "case-1", [ev("teardown")], create=False)["first_seq"] == 2
