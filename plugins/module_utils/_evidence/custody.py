@@ -39,7 +39,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     CustodyError, DestinationError, InvalidInputError)
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.record import (
     DIR_MODE, FILE_MODE, record_line)
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, make_dirs, missing_dirs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._version import VERSION
 
@@ -179,8 +179,11 @@ def append(path, case_id, events, controller=None, continue_from=None, check_mod
         first = (len(existing) or (len(base_records) if imported else 0)) + 1
         return {"changed": bool(new or imported), "path": path, "created": data is None, "imported": imported,
                 "first_seq": first, "appended": len(new), "records": first - 1 + len(new), "created_folders": missing}
-    for sub in missing:
-        _mkdir(sub)
+    try:
+        make_dirs(missing, DIR_MODE)
+    except OSError as exc:
+        raise DestinationError("The folder %s cannot be created: %s. Nothing was written."
+                               % (exc.filename, exc.strerror), failed_path=exc.filename)
     fd, created = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -230,17 +233,6 @@ def _imported(existing, data, base, path):
                            "evidence): one of them was changed. Nothing was appended; keep both for examination."
                            % path, failed_path=path)
     return False
-
-
-def _mkdir(folder):
-    try:
-        os.mkdir(folder, DIR_MODE)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise DestinationError("The folder %s cannot be created: %s. Nothing was written." % (folder, exc.strerror),
-                                   failed_path=folder)
-    else:
-        fsync_dir(os.path.dirname(folder))
 
 
 def _open(path):

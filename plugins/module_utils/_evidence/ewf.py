@@ -44,7 +44,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.diskimage
     logical_digests,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import normalize_algorithms
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, make_dirs, missing_dirs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.runner import run
 
 ACQUIRE = "ewfacquirestream"
@@ -415,12 +415,9 @@ def make_folders(folder):
     except NotADirectoryError as exc:
         raise DestinationError("%s exists and is not a folder; the E01 cannot be written below it." % exc.filename,
                                failed_path=exc.filename)
-    for path in missing:
-        try:
-            os.mkdir(path, DIR_MODE)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise DestinationError("The folder %s cannot be created: %s." % (path, exc.strerror),
-                                       failed_path=path)
-        fsync_dir(os.path.dirname(path))
+    try:
+        make_dirs(missing, DIR_MODE)
+    except OSError as exc:
+        raise DestinationError("The folder %s cannot be created: %s." % (exc.filename, exc.strerror),
+                               failed_path=exc.filename)
     return missing

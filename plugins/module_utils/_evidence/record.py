@@ -20,7 +20,7 @@ import os
 import stat
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DestinationError, InvalidInputError
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, missing_dirs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, make_dirs, missing_dirs
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import utc_now
 
 FILE_MODE = 0o640
@@ -147,15 +147,11 @@ def _check_regular(fd, path):
 
 def _create(path, missing, flags):
     """Make the missing folders (each fsynced into its parent) and the file (mode 0640): ``(fd, created)``."""
-    for folder in missing:
-        try:
-            os.mkdir(folder, DIR_MODE)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise DestinationError("The folder %s cannot be created: %s. Nothing was written."
-                                       % (folder, exc.strerror), failed_path=folder)
-        else:
-            fsync_dir(os.path.dirname(folder))
+    try:
+        make_dirs(missing, DIR_MODE)
+    except OSError as exc:
+        raise DestinationError("The folder %s cannot be created: %s. Nothing was written."
+                               % (exc.filename, exc.strerror), failed_path=exc.filename)
     try:
         fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except OSError as exc:

@@ -30,6 +30,23 @@ def missing_dirs(path):
     return list(reversed(missing))
 
 
+def make_dirs(folders, mode):
+    """Make each of ``folders`` (outermost first, as :func:`missing_dirs` lists them) with ``mode``, each fsynced into
+    its parent; one made meanwhile by another writer is taken as it is. Returns those made here. Raises the OSError
+    of a folder that cannot be made (its ``filename`` names it)."""
+    made = []
+    for folder in folders:
+        try:
+            os.mkdir(folder, mode)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            continue
+        fsync_dir(os.path.dirname(folder))
+        made.append(folder)
+    return made
+
+
 def remove_empty_dirs(folders):
     """Remove the folders of ``folders`` that are empty, innermost first (folders this collection made, recorded when
     it made them); one that is not empty or is gone already is left. Returns those removed."""
