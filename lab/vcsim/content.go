@@ -59,7 +59,7 @@ type labDisk struct {
 	Files       []knownFile
 	ChangeUUID  string // CBT change id prefix "52 ..."
 	ChangeSeq   int
-	writes      map[int64][]int // CBT: grain offset -> change sequences the guest wrote it in
+	writes      map[int64][]int // CBT: block offset (cbtBlockSize) -> change sequences the guest wrote it in
 	ControllerK int32
 	Unit        int32
 }
@@ -234,7 +234,7 @@ func setupContent(ctx *labContext) error {
 	ctx.Env["disk_mib"] = labOpts.DiskMiB
 	ctx.Env["heartbeat_interval_ms"] = heartbeatInterval.Milliseconds()
 	ctx.Env["heartbeat_bytes"] = heartbeatSize
-	ctx.Env["delta_grain_bytes"] = grainSize
+	ctx.Env["delta_grain_bytes"] = seGrainBytes
 	ctx.Env["vms"] = envVMs
 	return nil
 }

@@ -1,14 +1,15 @@
 package main
 
-// Virtual disk files of the lab's VMs: ESXi descriptors, thin flat extents and the lab's
-// delta ("seSparse") format, read and written as a chain (see BEHAVIOUR-vms.md).
+// Virtual disk files of the lab's VMs: ESXi descriptors, thin flat extents and SEsparse
+// delta extents, read and written as a chain (see BEHAVIOUR-vms.md).
 //
 // Base disk: "<name>.vmdk" (createType="vmfs") + "<name>-flat.vmdk", a sparse raw file of
 // the virtual size (holes = never written, as a thin VMFS file).
 // Delta: "<name>-00000N.vmdk" (createType="seSparse", parentFileNameHint, parentCID) +
-// "<name>-00000N-sesparse.vmdk". The extent is NOT VMware's SE Sparse on-disk format (no
-// header, no grain tables): it is a sparse raw overlay of the virtual size, allocated in
-// whole grains of grainSize bytes; a grain that holds data overrides the parent's.
+// "<name>-00000N-sesparse.vmdk", a VMware SEsparse extent (sesparse.go: const and volatile
+// headers, grain directory, grain tables, 4 KiB grains) as ESXi writes it on VMFS6; QEMU's
+// vmdk driver and dissect.hypervisor read the chain. A grain the delta holds overrides the
+// parent's; writes into a delta leaf are copy-on-write by 4 KiB grain.
 
 import (
 	"crypto/rand"
@@ -25,9 +26,9 @@ import (
 	"syscall"
 )
 
-// grainSize is the allocation unit of the lab's delta extents (a multiple of any file
-// system block size, so SEEK_DATA/SEEK_HOLE see whole grains).
-const grainSize = 64 * 1024
+// cbtBlockSize is the unit in which the lab's CBT (QueryChangedDiskAreas with a change id)
+// records the guest's writes; delta extents allocate in SEsparse grains (seGrainBytes).
+const cbtBlockSize = 64 * 1024
 
 const (
 	seekData = 3 // SEEK_DATA (Linux)
@@ -214,27 +215,61 @@ func fileExtents(p string, size int64) ([][2]int64, error) {
 	return extentsOf(f, size)
 }
 
-// grainAllocated tells whether the grain holding off has data in the delta extent f.
-func grainAllocated(f *os.File, off int64) (bool, error) {
-	g := off - off%grainSize
-	start, err := syscall.Seek(int(f.Fd()), g, seekData)
-	if err != nil {
-		if errors.Is(err, syscall.ENXIO) {
-			return false, nil
-		}
-		return false, err
-	}
-	return start < g+grainSize, nil
+// openUnit is one link of a chain opened for I/O: a flat extent or a delta's SEsparse extent.
+type openUnit struct {
+	flat *os.File
+	se   *seSparse
 }
 
-// chainReadAt reads len(buf) bytes at off from the disk state seen at unit top of chain.
-func chainReadAt(chain []*diskUnit, top int, buf []byte, off int64) error {
+// openUnits opens chain[0..top] for reading, the leaf chain[top] also for writing when
+// writeLeaf is set.
+func openUnits(chain []*diskUnit, top int, writeLeaf bool) ([]openUnit, error) {
+	us := make([]openUnit, top+1)
+	for i := 0; i <= top; i++ {
+		u := chain[i]
+		w := writeLeaf && i == top
+		var err error
+		if u.Delta {
+			us[i].se, err = openSESparse(u.ExtentLocal, w)
+		} else if w {
+			us[i].flat, err = os.OpenFile(u.ExtentLocal, os.O_RDWR, 0)
+		} else {
+			us[i].flat, err = os.Open(u.ExtentLocal)
+		}
+		if err != nil {
+			closeUnits(us)
+			return nil, err
+		}
+	}
+	return us, nil
+}
+
+func closeUnits(us []openUnit) {
+	for _, u := range us {
+		if u.flat != nil {
+			u.flat.Close()
+		}
+		if u.se != nil {
+			u.se.Close()
+		}
+	}
+}
+
+func zero(b []byte) {
+	for i := range b {
+		b[i] = 0
+	}
+}
+
+// readUnits reads len(buf) bytes at off of the disk as us[0..top] show it: per 4 KiB
+// grain, the topmost delta that holds the grain, else the flat base.
+func readUnits(us []openUnit, top int, buf []byte, off int64) error {
 	for len(buf) > 0 {
 		n := int64(len(buf))
-		if rem := grainSize - off%grainSize; n > rem {
+		if rem := seGrainBytes - off%seGrainBytes; n > rem {
 			n = rem
 		}
-		if err := readGrainPart(chain, top, buf[:n], off); err != nil {
+		if err := readGrainPart(us, top, buf[:n], off); err != nil {
 			return err
 		}
 		buf = buf[n:]
@@ -244,69 +279,133 @@ func chainReadAt(chain []*diskUnit, top int, buf []byte, off int64) error {
 }
 
 // readGrainPart reads a piece that lies inside one grain.
-func readGrainPart(chain []*diskUnit, top int, buf []byte, off int64) error {
+func readGrainPart(us []openUnit, top int, buf []byte, off int64) error {
 	for i := top; i >= 0; i-- {
-		u := chain[i]
-		f, err := os.Open(u.ExtentLocal)
-		if err != nil {
-			return err
-		}
-		use := !u.Delta
-		if u.Delta {
-			use, err = grainAllocated(f, off)
-			if err != nil {
-				f.Close()
-				return err
-			}
-		}
-		if use {
-			_, err = f.ReadAt(buf, off)
-			f.Close()
-			if err == io.EOF {
+		u := us[i]
+		if u.se == nil {
+			n, err := u.flat.ReadAt(buf, off)
+			if err == io.EOF { // a flat extent shorter than the disk: zeros
+				zero(buf[n:])
 				err = nil
 			}
 			return err
 		}
-		f.Close()
+		kind, fileOff, err := u.se.lookup(off / seGrainBytes)
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case seTypeAlloc:
+			return u.se.readIn(buf, fileOff+off%seGrainBytes)
+		case seTypeZero:
+			zero(buf)
+			return nil
+		}
 	}
-	for i := range buf {
-		buf[i] = 0
+	zero(buf)
+	return nil
+}
+
+// chainReadAt reads len(buf) bytes at off from the disk state seen at unit top of chain.
+func chainReadAt(chain []*diskUnit, top int, buf []byte, off int64) error {
+	us, err := openUnits(chain, top, false)
+	if err != nil {
+		return err
+	}
+	defer closeUnits(us)
+	return readUnits(us, top, buf, off)
+}
+
+// chainWriteAt writes data at off into the leaf (last unit) of chain. A delta leaf is
+// copy-on-write by 4 KiB grain: a grain it does not hold yet is first filled from below,
+// then stored whole in a new grain of its SEsparse extent.
+func chainWriteAt(chain []*diskUnit, data []byte, off int64) error {
+	top := len(chain) - 1
+	leaf := chain[top]
+	if !leaf.Delta {
+		f, err := os.OpenFile(leaf.ExtentLocal, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteAt(data, off)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	us, err := openUnits(chain, top, true)
+	if err != nil {
+		return err
+	}
+	defer closeUnits(us)
+	se := us[top].se
+	if off < 0 || off+int64(len(data)) > se.sizeBytes() {
+		return fmt.Errorf("%s: write of %d bytes at %d beyond the disk's %d bytes", leaf.ExtentLocal, len(data), off, se.sizeBytes())
+	}
+	for len(data) > 0 {
+		vg, in := off/seGrainBytes, off%seGrainBytes
+		n := int64(len(data))
+		if rem := seGrainBytes - in; n > rem {
+			n = rem
+		}
+		kind, fileOff, err := se.lookup(vg)
+		if err != nil {
+			return err
+		}
+		if kind == seTypeAlloc {
+			if _, err := se.f.WriteAt(data[:n], fileOff+in); err != nil {
+				return err
+			}
+		} else {
+			grain := make([]byte, seGrainBytes)
+			if n < seGrainBytes && kind == seTypeUnused && top > 0 {
+				if err := readUnits(us, top-1, grain, vg*seGrainBytes); err != nil {
+					return err
+				}
+			}
+			copy(grain[in:], data[:n])
+			if err := se.writeGrain(vg, grain); err != nil {
+				return err
+			}
+		}
+		data = data[n:]
+		off += n
 	}
 	return nil
 }
 
-// chainWriteAt writes data at off into the leaf (last unit) of chain. A delta leaf is
-// copy-on-write by grain: a grain it does not hold yet is first filled from below.
-func chainWriteAt(chain []*diskUnit, data []byte, off int64) error {
-	top := len(chain) - 1
-	leaf := chain[top]
-	f, err := os.OpenFile(leaf.ExtentLocal, os.O_RDWR, 0)
+// deltaGrains calls fn with the data of every grain the delta extent at p holds (allocated:
+// its 4 KiB; zero grain: zeros), in disk order.
+func deltaGrains(p string, fn func(vg int64, data []byte) error) error {
+	se, err := openSESparse(p, false)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if leaf.Delta {
-		first := off - off%grainSize
-		for g := first; g < off+int64(len(data)); g += grainSize {
-			ok, err := grainAllocated(f, g)
-			if err != nil {
+	defer se.Close()
+	buf := make([]byte, seGrainBytes)
+	return se.grains(func(vg int64, kind uint64, fileOff int64) error {
+		if kind == seTypeAlloc {
+			if err := se.readIn(buf, fileOff); err != nil {
 				return err
 			}
-			if ok {
-				continue
-			}
-			grain := make([]byte, grainSize)
-			if top > 0 {
-				if err := chainReadAt(chain, top-1, grain, g); err != nil {
-					return err
-				}
-			}
-			if _, err := f.WriteAt(grain, g); err != nil {
-				return err
-			}
+		} else {
+			zero(buf)
 		}
+		return fn(vg, buf)
+	})
+}
+
+// writeGrainFlat writes grain vg's data into a flat extent of size bytes (the last grain clipped).
+func writeGrainFlat(f *os.File, size, vg int64, data []byte) error {
+	start := vg * seGrainBytes
+	n := size - start
+	if n <= 0 {
+		return nil
 	}
-	_, err = f.WriteAt(data, off)
+	if n > int64(len(data)) {
+		n = int64(len(data))
+	}
+	_, err := f.WriteAt(data[:n], start)
 	return err
 }
 
@@ -337,26 +436,40 @@ func copyExtents(src, dst *os.File, size int64) (int64, error) {
 	return copied, nil
 }
 
-// mergeInto writes the data grains of unit upper into unit lower (consolidation).
+// mergeInto writes the grains of delta unit upper into unit lower (consolidation): into a
+// flat extent at their offsets, into an SEsparse delta as whole grains.
 func mergeInto(upper, lower *diskUnit, size int64) error {
-	src, err := os.Open(upper.ExtentLocal)
-	if err != nil {
+	if !upper.Delta {
+		return fmt.Errorf("%s is not a delta", upper.DescLocal)
+	}
+	if lower.Delta {
+		dst, err := openSESparse(lower.ExtentLocal, true)
+		if err != nil {
+			return err
+		}
+		err = deltaGrains(upper.ExtentLocal, dst.writeGrain)
+		if err == nil {
+			err = dst.f.Sync()
+		}
+		if cerr := dst.Close(); err == nil {
+			err = cerr
+		}
 		return err
 	}
-	defer src.Close()
 	dst, err := os.OpenFile(lower.ExtentLocal, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
-	if _, err = copyExtents(src, dst, size); err != nil {
-		dst.Close()
-		return err
+	err = deltaGrains(upper.ExtentLocal, func(vg int64, data []byte) error {
+		return writeGrainFlat(dst, size, vg, data)
+	})
+	if err == nil {
+		err = dst.Sync()
 	}
-	if err = dst.Sync(); err != nil {
-		dst.Close()
-		return err
+	if cerr := dst.Close(); err == nil {
+		err = cerr
 	}
-	return dst.Close()
+	return err
 }
 
 // copySparseFile copies a sparse file keeping its holes (used for .vmem and flat copies).
@@ -383,8 +496,8 @@ func copySparseFile(src, dst string) error {
 	return err
 }
 
-// materialize writes the disk state of chain[0..top] into a new flat file dst (sparse:
-// only data extents of the units are written), then optionally allocates it whole.
+// materialize writes the disk state of chain[0..top] into a new flat file dst (sparse: the
+// base's data extents, then each delta's grains over them), then optionally allocates it whole.
 func materialize(chain []*diskUnit, top int, size int64, dst string, preallocate bool) error {
 	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -399,12 +512,17 @@ func materialize(chain []*diskUnit, top int, size int64, dst string, preallocate
 		return fail(err)
 	}
 	for i := 0; i <= top; i++ {
-		in, err := os.Open(chain[i].ExtentLocal)
-		if err != nil {
-			return fail(err)
+		if chain[i].Delta {
+			err = deltaGrains(chain[i].ExtentLocal, func(vg int64, data []byte) error {
+				return writeGrainFlat(out, size, vg, data)
+			})
+		} else {
+			var in *os.File
+			if in, err = os.Open(chain[i].ExtentLocal); err == nil {
+				_, err = copyExtents(in, out, size)
+				in.Close()
+			}
 		}
-		_, err = copyExtents(in, out, size)
-		in.Close()
 		if err != nil {
 			return fail(err)
 		}
@@ -420,15 +538,39 @@ func materialize(chain []*diskUnit, top int, size int64, dst string, preallocate
 	return out.Close()
 }
 
-// allocatedAreas is the union of the data extents of chain[0..top], merged and sorted.
+// allocatedAreas is the union of what chain[0..top] holds: the data extents of the flat
+// base and the grains of the deltas, merged and sorted.
 func allocatedAreas(chain []*diskUnit, top int, size int64) ([][2]int64, error) {
 	var all [][2]int64
 	for i := 0; i <= top; i++ {
-		ex, err := fileExtents(chain[i].ExtentLocal, size)
+		if !chain[i].Delta {
+			ex, err := fileExtents(chain[i].ExtentLocal, size)
+			if err != nil {
+				return nil, err
+			}
+			all = append(all, ex...)
+			continue
+		}
+		se, err := openSESparse(chain[i].ExtentLocal, false)
 		if err != nil {
 			return nil, err
 		}
-		all = append(all, ex...)
+		err = se.grains(func(vg int64, _ uint64, _ int64) error {
+			s, e := vg*seGrainBytes, (vg+1)*seGrainBytes
+			if e > size {
+				e = size
+			}
+			if n := len(all); n > 0 && all[n-1][1] == s {
+				all[n-1][1] = e
+			} else if s < e {
+				all = append(all, [2]int64{s, e})
+			}
+			return nil
+		})
+		se.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i][0] < all[j][0] })
 	var out [][2]int64

@@ -85,11 +85,11 @@ func heartbeat(w *labVM) error {
 		if err := chainWriteAt(d.Chain, block, d.HBOffset); err != nil {
 			return err
 		}
-		if d.ChangeUUID != "" { // CBT: remember which change sequence wrote this grain
+		if d.ChangeUUID != "" { // CBT: remember which change sequence wrote this block
 			if d.writes == nil {
 				d.writes = map[int64][]int{}
 			}
-			g := d.HBOffset - d.HBOffset%grainSize
+			g := d.HBOffset - d.HBOffset%cbtBlockSize
 			if seqs := d.writes[g]; len(seqs) == 0 || seqs[len(seqs)-1] != d.ChangeSeq {
 				d.writes[g] = append(seqs, d.ChangeSeq)
 			}

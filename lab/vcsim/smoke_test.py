@@ -25,7 +25,7 @@ Exit 0 when every step works, 1 otherwise. Steps:
 When the simulator runs with -lab-vms (env ``lab.content.enabled``), step 4 snapshots
 the lab VM "Win Srv [prod] 01" (CBT on, real disk, guest heartbeat) and also checks the
 ESXi behaviour of lab/vcsim/BEHAVIOUR-vms.md: the .vmem (guest RAM) and .vmsn on disk,
-the delta in layoutEx, the frozen base unchanged while the heartbeat goes on in the
+the delta in layoutEx, the frozen base unchanged while the heartbeat goes on in the SEsparse
 delta, QueryChangedDiskAreas("*"), a thin CopyVirtualDisk of the frozen base (sparse and
 byte-equal); step 5 checks the consolidation (the delta's writes in the base, files gone).
 """
@@ -36,6 +36,7 @@ import re
 import json
 import os
 import ssl
+import struct
 import sys
 import time
 import urllib.parse
@@ -193,11 +194,40 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def heartbeat(path, offset):
-    """Counter of the lab guest's heartbeat block at offset of a disk file (0 if none)."""
+def read_extent(path, offset, length):
+    """length bytes at offset of one disk extent: a flat file as it is; a delta's SEsparse extent (BEHAVIOUR-vms.md)
+    through its grain directory and grain tables, zeros where the delta holds no 4 KiB grain."""
+    def u64(fh, pos):
+        fh.seek(pos)
+        raw = fh.read(8)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
     with open(path, "rb") as fh:
-        fh.seek(offset)
-        m = re.search(rb"LAB-HEARTBEAT v1 .* counter=(\d+) ", fh.read(512))
+        if u64(fh, 0) != 0xCAFEBABE:
+            fh.seek(offset)
+            return fh.read(length)
+        fh.seek(0)
+        h = struct.unpack("<26Q", fh.read(208))
+        gd, gt, grains = h[16], h[18], h[24]
+        out = b""
+        while len(out) < length:
+            vg, within = divmod(offset + len(out), 4096)
+            n = min(length - len(out), 4096 - within)
+            data = b""
+            de = u64(fh, gd * 512 + vg // 4096 * 8)
+            if de >> 32 == 0x10000000:
+                te = u64(fh, (gt + (de & 0xFFFFFFFF) * 64) * 512 + vg % 4096 * 8)
+                if te >> 60 == 3:
+                    g = ((te >> 48) & 0xFFF) | ((te & 0xFFFFFFFFFFFF) << 12)
+                    fh.seek((grains + g * 8) * 512 + within)
+                    data = fh.read(n)
+            out += data.ljust(n, b"\0")
+        return out
+
+
+def heartbeat(path, offset):
+    """Counter of the lab guest's heartbeat block at offset of a disk extent (0 if none)."""
+    m = re.search(rb"LAB-HEARTBEAT v1 .* counter=(\d+) ", read_extent(path, offset, 512))
     return int(m.group(1)) if m else 0
 
 

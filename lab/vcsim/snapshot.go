@@ -245,7 +245,7 @@ func (w *labVM) changedAreas(req *types.QueryChangedDiskAreas) (*types.DiskChang
 		if err != nil {
 			return nil, &types.FileFault{File: disk.Chain[0].DescDS}, err.Error()
 		}
-	} else { // the grains the guest wrote after changeId's point and up to the snapshot's
+	} else { // the CBT blocks (cbtBlockSize) the guest wrote after changeId's point and up to the snapshot's
 		bad := "A specified parameter was not correct: changeId"
 		id, seqText, ok := strings.Cut(req.ChangeId, "/")
 		since, err := strconv.Atoi(seqText)
@@ -271,7 +271,7 @@ func (w *labVM) changedAreas(req *types.QueryChangedDiskAreas) (*types.DiskChang
 		}
 		sort.Slice(grains, func(i, j int) bool { return grains[i] < grains[j] })
 		for _, g := range grains {
-			end := g + grainSize
+			end := g + cbtBlockSize
 			if end > disk.Capacity {
 				end = disk.Capacity
 			}
@@ -491,34 +491,37 @@ func newDelta(st *vmState, d *labDisk) (*diskUnit, error) {
 		if _, err := os.Stat(extLocal); err == nil {
 			continue
 		}
-		desc := &descriptor{
-			CID: randomCID(), ParentCID: parent.Desc.CID, CreateType: "seSparse",
-			ParentHint: baseName(parent.DescDS), Sectors: d.Capacity / 512,
-			ExtentType: "SESPARSE", ExtentFile: extName,
-			DDB: map[string]string{
-				"ddb.grain":         fmt.Sprint(grainSize / 512),
-				"ddb.longContentID": randomHex(16),
-				"ddb.deletable":     "true",
-			},
-		}
-		f, err := os.OpenFile(extLocal, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		u, err := createDelta(parent, baseName(parent.DescDS), descLocal, extLocal, d.Capacity)
 		if err != nil {
 			return nil, err
 		}
-		err = f.Truncate(d.Capacity)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = writeFileAtomic(descLocal, desc.render())
-		}
-		if err != nil {
-			_ = os.Remove(extLocal)
-			return nil, err
-		}
-		return &diskUnit{DescDS: descDS, DescLocal: descLocal, ExtentDS: extDS, ExtentLocal: extLocal, Delta: true, Desc: desc}, nil
+		u.DescDS, u.ExtentDS = descDS, extDS
+		return u, nil
 	}
 	return nil, fmt.Errorf("no free delta name for %s", d.BaseName)
+}
+
+// createDelta writes a delta over parent: the descriptor at descLocal (ESXi's seSparse one,
+// parentFileNameHint = hint) and an empty SEsparse extent at extLocal, in the same folder.
+func createDelta(parent *diskUnit, hint, descLocal, extLocal string, capacity int64) (*diskUnit, error) {
+	desc := &descriptor{
+		CID: randomCID(), ParentCID: parent.Desc.CID, CreateType: "seSparse",
+		ParentHint: hint, Sectors: capacity / 512,
+		ExtentType: "SESPARSE", ExtentFile: filepath.Base(extLocal),
+		DDB: map[string]string{
+			"ddb.grain":         fmt.Sprint(seGrainSectors),
+			"ddb.longContentID": randomHex(16),
+			"ddb.deletable":     "true",
+		},
+	}
+	if err := createSESparse(extLocal, capacity); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(descLocal, desc.render()); err != nil {
+		_ = os.Remove(extLocal)
+		return nil, err
+	}
+	return &diskUnit{DescLocal: descLocal, ExtentLocal: extLocal, Delta: true, Desc: desc}, nil
 }
 
 // baseName is the file name of a datastore path ("[ds] dir [x]/f.vmdk" -> "f.vmdk").
@@ -696,7 +699,7 @@ func (w *labVM) backing(d *labDisk, top int) *types.VirtualDiskFlatVer2BackingIn
 		}
 		if u.Delta {
 			b.DeltaDiskFormat = string(types.VirtualDiskDeltaDiskFormatSeSparseFormat)
-			b.DeltaGrainSize = int32(grainSize / 1024)
+			b.DeltaGrainSize = int32(seGrainBytes / 1024)
 		}
 		if i == top && d.ChangeUUID != "" {
 			b.ChangeId = d.changeID()

@@ -32,6 +32,7 @@ import urllib.parse
 import pytest
 
 from conftest import sha256_file
+from sesparse_read import SESPARSE_MAGIC, header as sesparse_header, read_extent
 from vcsim_helpers import BIN, LAB_DIR, NEEDS_SIMULATOR, ON_LINUX, VCSIM, run as _run
 
 RAM = os.path.join(LAB_DIR, "vcsim-ram", "ram-256m.raw")
@@ -165,9 +166,9 @@ def extents(path, size):
 
 
 def heartbeat(path, offset):
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        block = fh.read(512)
+    """The heartbeat counter in one extent (a flat file, or a delta's SEsparse extent read through its grain tables:
+    0 while the delta holds no grain there)."""
+    block = read_extent(path, offset, 512)
     m = re.search(rb"LAB-HEARTBEAT v1 vm=\"[^\"]*\" disk=\d+ counter=(\d+) time=(\S+)\n", block)
     return int(m.group(1)) if m else 0
 
@@ -323,8 +324,13 @@ def test_esx_memory_snapshot_cycle(esx):
     dummy, base_kv = descriptor(d["descriptor_local"])
     assert kv["parentCID"] == base_kv["CID"]
 
-    # the frozen base stops changing; the heartbeat goes on in the delta
+    # the frozen base stops changing; the heartbeat goes on in the delta (a VMware SEsparse extent, 4 KiB grains)
     delta = esx.local(pre + "-000001-sesparse.vmdk")
+    assert kv["ddb.grain"] == "8" and backing.deltaGrainSize == 4
+    with open(delta, "rb") as fh:
+        h = sesparse_header(fh)
+    assert h is not None and h["magic"] == SESPARSE_MAGIC and h["capacity"] == d["virtual_bytes"] // 512
+    assert (h["grain_size"], h["grain_table_size"]) == (8, 64)
     frozen = heartbeat(flat, hb)
     h1 = sha256_file(flat)
     d1 = wait_heartbeat(delta, hb, frozen)
