@@ -13,9 +13,10 @@ module: evidence_image
 short_description: Images any examiner can open - the guest's view of a disk's chain, an E01, a flat raw image
 version_added: 0.3.0
 description:
-  - For each disk whose frozen chain (qcow2 and raw layers) was copied into the case folder, computes the digests of
-    the bytes the guest saw (the C(logical) record of the case manifest) and tells how to open the chain with
-    C(qemu-img) from the case folder, without the original host's paths.
+  - For each disk whose frozen chain (qcow2 and raw layers, or an ESXi disk's levels - flat extents and SEsparse or
+    vmfsSparse deltas) was copied into the case folder, computes the digests of the bytes the guest saw (the
+    C(logical) record of the case manifest) and tells how to open the chain with C(qemu-img) from the case folder,
+    without the original host's paths.
   - The chain is given explicitly, top first. The backing file named in a qcow2 header (the original host's path)
     is never followed; it is only checked against the chain given. Unallocated clusters read through to the next
     layer; below the last layer, zeros.
@@ -27,6 +28,11 @@ description:
   - The qcow2 reader is the collection's own (standard library only) - versions 2 and 3, clusters of 512 bytes to
     2 MiB, zero clusters, deflate-compressed clusters, extended L2 entries. Encrypted images, external data files
     and zstd compression are refused with a sentence saying so.
+  - The VMDK delta readers are the collection's own too, reading as QEMU's vmdk driver reads - SEsparse (4 KiB
+    grains; unmapped and zeroed grains read as zeros; a journal left to replay is refused) and vmfsSparse (COWD).
+    Each level's descriptor is given with its extent; a delta's parentCID must be the CID of the level given below
+    it. The command that opens such a chain links each level's copies under the host's names in a temporary folder
+    (a descriptor names its extent) and runs C(qemu-img) there.
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 options:
@@ -59,10 +65,18 @@ options:
             type: str
             required: true
           format:
-            description: The layer's format. A raw layer can only be the last one.
+            description:
+              - The layer's format. A raw layer (a flat extent) can only be the last one.
+              - V(vmdk-sparse) is an ESXi snapshot's delta extent (SEsparse or vmfsSparse, told by its header); it
+                needs O(disks[].layers[].descriptor) and a level below it.
             type: str
             required: true
-            choices: [qcow2, raw]
+            choices: [qcow2, raw, vmdk-sparse]
+          descriptor:
+            description:
+              - Path of the level's VMDK descriptor copy (relative to O(case_dir) or absolute inside it).
+              - Checked against the extent (type, size); a flat extent's guest-visible size is the descriptor's.
+            type: str
   algorithms:
     description: Digests of the guest's bytes to compute (C(md5), C(sha1), C(sha256), C(sha512)).
     type: list
@@ -74,7 +88,9 @@ options:
     default: false
   e01_dir:
     description:
-      - Folder of the E01 images, relative to O(case_dir) or absolute inside it; created when missing (mode 0750).
+      - Folder of the E01 images, relative to O(case_dir) (inside it), or absolute (anywhere - for example beside a
+        case folder mounted read-only); created when missing (mode 0750). The E01s' paths in the result are relative
+        to O(case_dir) when inside it, else absolute.
       - By default each disk's C(<vm folder>/e01) in O(case_dir).
     type: path
   e01_fields:
@@ -226,7 +242,8 @@ def argument_spec():
             vm=dict(type="str", required=True),
             layers=dict(type="list", elements="dict", required=True, options=dict(
                 path=dict(type="str", required=True),
-                format=dict(type="str", required=True, choices=["qcow2", "raw"]),
+                format=dict(type="str", required=True, choices=["qcow2", "raw", "vmdk-sparse"]),
+                descriptor=dict(type="str"),
             )),
         )),
         algorithms=dict(type="list", elements="str", default=["sha256"]),

@@ -86,6 +86,14 @@ options:
       - Bytes required free beyond the plan (the case manifest, rounding; the KVM role's C(kvm_acquire_space_margin)).
     type: int
     default: 0
+  e01:
+    description:
+      - The disks are also written as E01 images at the destination (M(dfir.vmcollect.evidence_image) with
+        C(e01=true)). Their allocated data is counted once more, with its margin - an E01 stores each chunk of the
+        guest's bytes at most as it is and compresses the zeros.
+    type: bool
+    default: false
+    version_added: 0.3.0
   fail_when_short:
     description:
       - Fail when the plan does not fit the destination or the LUN. With V(false), report RV(fits=false) and
@@ -211,6 +219,11 @@ reserve_bytes:
   description: O(reserve_bytes), included in RV(bytes_needed).
   returned: always
   type: int
+e01_bytes:
+  description: Bytes counted for the E01s with O(e01=true) (0 without), included in RV(bytes_needed).
+  returned: always
+  type: int
+  version_added: 0.3.0
 lun_bytes:
   description: Size of the LUN, from the plan or the C(size_bytes) given in O(lun).
   returned: when O(lun) is set
@@ -246,6 +259,7 @@ def main():
             lun=dict(type="raw"),
             fail_when_short=dict(type="bool", default=True),
             reserve_bytes=dict(type="int", default=0),
+            e01=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -253,7 +267,7 @@ def main():
     try:
         result = evaluate(p["images"], p["memory_bytes"], p["memory_method"], dest=p["dest"], lun=p["lun"],
                           fail_when_short=p["fail_when_short"], reserve_bytes=p["reserve_bytes"],
-                          remote_images=p["remote_images"])
+                          remote_images=p["remote_images"], e01=p["e01"])
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

@@ -216,13 +216,39 @@ def test_existing_snapshot_chain_is_acquired_whole_and_kept(acquisition, esx, an
     name = [v["name"] for v in esx["vms"].values() if v["role"] == "with-snapshot"][0]
     before = host_state(esx)
     result = ansible_playbook(PLAYBOOK, *(_args("case-esxi-chain", work + "/ev-chain", work + "/j-chain")
-                                          + ["-e", json.dumps({"esxi_acquire_vms": [name]})]))
+                                          + ["-e", json.dumps({"esxi_acquire_vms": [name]}), "-e", "vmcollect_e01=true"]))
     assert result.returncode == 0, result.stdout[-5000:]
-    manifest = json.load(open(os.path.join(work, "ev-chain", "case-esxi-chain", "manifest.json")))
+    case_dir = os.path.join(work, "ev-chain", "case-esxi-chain")
+    manifest = json.load(open(os.path.join(case_dir, "manifest.json")))
     depths = sorted(set(re.search(r"/disks/scsi0_0-(\d\d)-", p).group(1) for p, a in manifest["artifacts"].items()
                         if a["kind"] == "disk"))
     assert depths == ["00", "01"], manifest["artifacts"].keys()  # the frozen delta and the base below it
     assert host_state(esx) == before  # the snapshot that was there before is there still, and only it
+    # the frozen delta is an SEsparse extent: the logical digest reads it through to the base; the opener links the
+    # renamed copies under the host's names for qemu-img, and what it writes is the disk an examiner reads
+    [(top, art)] = [(p, a) for p, a in manifest["artifacts"].items() if a.get("logical")]
+    logical = art["logical"]
+    assert logical["formats"] == ["vmdk-sparse", "raw"] and logical["chain"][0] == top, logical
+    assert all(d and d.endswith(".vmdk") for d in logical["descriptors"])
+    listed = set(os.listdir(case_dir))
+    subprocess.run(["sh", "-c", logical["open"]["command"]], cwd=case_dir, check=True)
+    (name_raw,) = set(os.listdir(case_dir)) - listed
+    raw = os.path.join(case_dir, name_raw)
+    import hashlib  # pylint: disable=import-outside-toplevel
+    with open(raw, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == logical["digests"]["sha256"]
+    disk = esx["vms"][name]["disks"][0]
+    sector = disk["partition_offset"] // 512
+    for known in disk["known_files"]:
+        inode = subprocess.run(["ifind", "-o", str(sector), "-n", known["path"].lstrip("/"), raw], check=True,
+                               stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+        data = subprocess.run(["icat", "-o", str(sector), raw, inode], check=True, stdout=subprocess.PIPE).stdout
+        assert hashlib.sha256(data).hexdigest() == known["sha256"], known["path"]
+    os.unlink(raw)
+    # the E01 of the same bytes
+    [(e01, image)] = [(p, a) for p, a in manifest["artifacts"].items() if a["kind"] == "e01"]
+    assert image["of"] == top and image["media_digests"]["sha256"] == logical["digests"]["sha256"]
+    subprocess.run(["ewfverify", "-q", os.path.join(case_dir, e01)], check=True, stdout=subprocess.DEVNULL)
 
 
 def test_kill_after_the_snapshot_then_teardown_restores_the_host(acquisition, lab, esx, ansible_playbook):

@@ -56,11 +56,13 @@ def acquisition(lab, esx, ansible_playbook):
     work = os.path.join(lab["work_dir"], "esxi-iscsi-e2e")
     subprocess.run(["rm", "-rf", work], check=True)
     before = host_state(esx)
-    check = ansible_playbook(PLAYBOOK, "--check", *_args(work))
+    # an E01 of each disk too: ESXi cannot write one, so the collector writes it from the read-only volume
+    e01 = ["-e", "vmcollect_e01=true", "-e", json.dumps({"vmcollect_e01_fields": {"evidence_number": "EV-ESX-1"}})]
+    check = ansible_playbook(PLAYBOOK, "--check", *(_args(work) + e01))
     after_check = {"state": host_state(esx), "collector": os.path.exists(os.path.join(work, "collector", CASE))}
-    first = ansible_playbook(PLAYBOOK, *_args(work))
+    first = ansible_playbook(PLAYBOOK, *(_args(work) + e01))
     after = host_state(esx)
-    again = ansible_playbook(PLAYBOOK, *_args(work))
+    again = ansible_playbook(PLAYBOOK, *(_args(work) + e01))
     after_again = host_state(esx)
     return {"work": work, "before": before, "check": check, "after_check": after_check, "first": first,
             "after": after, "again": again, "after_again": after_again,
@@ -101,6 +103,38 @@ def test_the_collector_record_holds_the_digests_taken_at_the_source(acquisition)
         assert verified[path]["sha256"] == art["digests"]["sha256"] and verified[path]["md5"] == art["digests"]["md5"]
     sums = dict(reversed(line.split("  ", 1)) for line in open(os.path.join(acquisition["case_dir"], "SHA256SUMS")).read().splitlines())
     assert dict((p, d["sha256"]) for p, d in verified.items()) == sums
+
+
+def _custody(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_the_collector_writes_an_e01_of_each_clone_from_the_read_only_volume(acquisition):
+    """vmcollect_e01 on ESXi over iSCSI: the collector images each clone into records-<host>/<VM folder>/e01/; ewfverify
+    passes, ewfinfo shows the case fields, the media's sha256 is the disk's at the source, the custody log on the
+    collector records it (once: the rerun accepts the E01 there) and the report lists it."""
+    manifest = json.load(open(os.path.join(acquisition["case_dir"], "manifest.json")))
+    [(rel, disk)] = [(p, a) for p, a in manifest["artifacts"].items() if a["kind"] == "disk"]
+    records = os.path.join(acquisition["work"], "collector", CASE, "records-esx1")
+    e01 = os.path.join(records, rel.split("/")[0], "e01", re.sub(r"[^A-Za-z0-9._-]+", "_", disk["target"]) + ".E01")
+    assert os.path.isfile(e01), sorted(os.listdir(records))
+    verify = subprocess.run(["ewfverify", "-q", e01], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, check=False)
+    assert verify.returncode == 0, verify.stdout
+    info = subprocess.run(["ewfinfo", e01], check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+    assert CASE in info and "EV-ESX-1" in info and "CI examiner" in info, info
+    events = [r for r in _custody(os.path.join(records, "custody.jsonl")) if r["event"] == "e01"]
+    assert len(events) == 1, [r["summary"] for r in events]
+    (event,) = events
+    assert event["details"]["made_on"] == "collector1" and event["details"]["path"] == e01 and event["details"]["of"] == rel
+    assert event["details"]["media_digests"]["sha256"] == disk["digests"]["sha256"] == disk["logical"]["digests"]["sha256"]
+    assert event["details"]["media_digests"]["md5"] == disk["digests"]["md5"]
+    with open(os.path.join(records, "report.txt")) as f:
+        report = f.read()
+    assert "E01 media digests match the disks: yes (1 of 1)" in report and "E01 evidence number  EV-ESX-1" in report
+    with open(os.path.join(records, "report.html")) as f:
+        assert e01 in f.read()
 
 
 def test_the_volume_is_a_gpt_partition_read_at_its_offset(acquisition):

@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shlex
 import stat
 import struct
@@ -54,7 +55,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse im
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 
-FORMATS = ("qcow2", "raw")
+FORMATS = ("qcow2", "raw", "vmdk-sparse")
 QCOW2_MAGIC = b"QFI\xfb"
 MIN_CLUSTER_BITS = 9
 MAX_CLUSTER_BITS = 21  # 2 MiB: QEMU's limit too
@@ -111,7 +112,18 @@ def normalize_layers(layers):
             raise InvalidInputError("The raw layer %s is not the last of the chain: a raw image has no backing file, "
                                     "so nothing can lie below it. Give the chain top first." % path,
                                     failed_path=path)
-        result.append({"path": path, "format": fmt})
+        if fmt == "vmdk-sparse" and index == len(layers) - 1:
+            raise InvalidInputError("The sparse VMDK extent %s is the last layer of the chain, but a snapshot's "
+                                    "delta always has a parent: the guest saw the parent's data where the delta "
+                                    "has none. Give the chain down to the base disk, top first." % path,
+                                    failed_path=path)
+        entry = {"path": path, "format": fmt}
+        if layer.get("descriptor"):
+            entry["descriptor"] = str(layer["descriptor"])
+        elif fmt == "vmdk-sparse":
+            raise InvalidInputError("The sparse VMDK extent %s needs its descriptor (the .vmdk text file of the same "
+                                    "level): it gives the extent's type, size and parent." % path, failed_path=path)
+        result.append(entry)
     return result
 
 
@@ -439,6 +451,300 @@ class Qcow2Layer(object):
         return out
 
 
+# -- VMware sparse extents: an ESXi snapshot's delta ------------------------------------------------------------
+SESPARSE_MAGIC = 0xCAFEBABE
+SESPARSE_VOLATILE_MAGIC = 0xCAFECAFE
+SESPARSE_VERSION = 0x0000000200000001
+COWD_MAGIC = b"COWD"
+KDMV_MAGIC = b"KDMV"
+_SES_GT_ENTRIES = 4096  # a grain table is 64 sectors of u64 entries
+_COWD_GT_ENTRIES = 4096  # a vmfsSparse grain table holds 4096 u32 entries
+_VMDK_GT_CACHE = 64
+_SES_FIELDS = ("magic", "version", "capacity", "grain_size", "grain_table_size", "flags", "reserved1", "reserved2",
+               "reserved3", "reserved4", "volatile_header_offset", "volatile_header_size", "journal_header_offset",
+               "journal_header_size", "journal_offset", "journal_size", "grain_dir_offset", "grain_dir_size",
+               "grain_tables_offset", "grain_tables_size", "free_bitmap_offset", "free_bitmap_size", "backmap_offset",
+               "backmap_size", "grains_offset", "grains_size")
+
+
+def _vmdk_error(path, message, **details):
+    details.setdefault("failed_path", path)
+    return EvidenceSourceError("The VMDK extent %s %s" % (path, message), **details)
+
+
+class _VmdkSparseLayer(object):
+    """What the two ESXi delta formats share: a grain directory of grain tables, each read on demand.
+
+    A subclass sets ``size``, ``grain_bytes``, ``gt_entries``, ``directory`` (the directory's entries) and
+    implements ``_table_offset(entry, index)`` (None: no table) and ``_grain(entry, guest)`` ((kind, host)).
+    """
+
+    fmt = "vmdk-sparse"
+    subformat = ""
+
+    def __init__(self, path, fd, st):
+        self.path = path
+        self.fd = fd
+        self.st = st
+        self.file_size = source_size(fd, st)
+        self.backing_file = None
+        self.backing_format = None
+        self._tables = {}
+        self._parse_header()
+
+    def _read(self, length, offset, what):
+        data = os.pread(self.fd, length, offset)
+        while len(data) < length:
+            more = os.pread(self.fd, length - len(data), offset + len(data))
+            if not more:
+                raise _vmdk_error(self.path, "ends at byte %d, inside its %s (bytes %d-%d): the file is truncated "
+                                             "or not a %s extent."
+                                  % (offset + len(data), what, offset, offset + length - 1, self.subformat))
+            data += more
+        return data
+
+    def _table(self, index):
+        table = self._tables.get(index)
+        if table is not None:
+            return table
+        offset = self._table_offset(self.directory[index] if index < len(self.directory) else 0, index)
+        if offset is None:
+            return None
+        raw = self._read(self.gt_entries * self.entry_bytes, offset, "grain table %d" % index)
+        table = struct.unpack("<%d%s" % (self.gt_entries, "Q" if self.entry_bytes == 8 else "I"), raw)
+        if len(self._tables) >= _VMDK_GT_CACHE:
+            self._tables.clear()
+        self._tables[index] = table
+        return table
+
+    def runs(self, start, end):
+        """``(offset, length, kind, host)`` over ``[start, end)``: DATA (host: file offset), ZERO or BELOW."""
+        grain = self.grain_bytes
+        span = grain * self.gt_entries
+        pos = start
+        while pos < end:
+            index = pos // span
+            table_end = min(end, (index + 1) * span)
+            table = self._table(index)
+            if table is None:
+                yield pos, table_end - pos, BELOW, None
+                pos = table_end
+                continue
+            while pos < table_end:
+                guest = pos - pos % grain
+                kind, host = self._grain(table[(pos // grain) % self.gt_entries], guest)
+                stop = min(guest + grain, table_end)
+                if kind == DATA:
+                    host += pos - guest
+                yield pos, stop - pos, kind, host
+                pos = stop
+
+    def read_into(self, view, host):
+        _read_into(self.fd, view, host)
+
+
+class SeSparseLayer(_VmdkSparseLayer):
+    """An SEsparse extent (ESXi 6.5+ on VMFS6, and every delta over 2 TiB): 4 KiB grains, u64 table entries.
+
+    Read as QEMU's vmdk driver reads it (the format is not published): an entry of type 0 reads through to the
+    parent, 1 (unmapped by the guest) and 2 (zeroed) read as zeros, 3 holds the grain's number. A journal left to
+    replay is refused: the tables may then not hold the last writes.
+    """
+
+    subformat = "seSparse"
+    entry_bytes = 8
+
+    def _parse_header(self):
+        head = self._read(512, 0, "header")
+        h = dict(zip(_SES_FIELDS, struct.unpack("<26Q", head[:208])))
+        if h["magic"] != SESPARSE_MAGIC:
+            raise _vmdk_error(self.path, "is not an SEsparse extent (its first 8 bytes are not the SEsparse magic "
+                                         "0xcafebabe).")
+        if h["version"] != SESPARSE_VERSION:
+            raise _vmdk_error(self.path, "is an SEsparse extent of version 0x%016x; this reader knows 0x%016x."
+                              % (h["version"], SESPARSE_VERSION))
+        if h["grain_size"] != 8 or h["grain_table_size"] != 64:
+            raise _vmdk_error(self.path, "has SEsparse grains of %d sectors and grain tables of %d sectors; this "
+                                         "reader knows 8 and 64 (ESXi's)." % (h["grain_size"], h["grain_table_size"]))
+        if h["flags"] or h["reserved1"] or h["reserved2"] or h["reserved3"] or h["reserved4"] or any(head[208:]):
+            raise _vmdk_error(self.path, "has SEsparse header flags or reserved fields this reader does not know "
+                                         "(flags 0x%x)." % h["flags"])
+        volatile = self._read(512, h["volatile_header_offset"] * SECTOR, "volatile header")
+        vmagic, free_gt, next_txn, replay = struct.unpack("<4Q", volatile[:32])
+        if vmagic != SESPARSE_VOLATILE_MAGIC:
+            raise _vmdk_error(self.path, "is corrupt: its SEsparse volatile header (sector %d) lacks its magic "
+                                         "0xcafecafe." % h["volatile_header_offset"])
+        if replay:
+            raise _vmdk_error(self.path, "has a journal that was never replayed (its host stopped while changing "
+                                         "it): its grain tables may not hold the last writes. Let ESXi open the "
+                                         "disk once (it replays the journal) on a copy, never on the evidence.")
+        self.header = h
+        self.free_gt_number = free_gt
+        self.next_txn = next_txn
+        self.size = h["capacity"] * SECTOR
+        self.grain_bytes = 8 * SECTOR
+        self.gt_entries = _SES_GT_ENTRIES
+        need = -(-self.size // (self.grain_bytes * self.gt_entries))
+        if need > h["grain_dir_size"] * SECTOR // 8:
+            raise _vmdk_error(self.path, "is corrupt: its grain directory of %d entries cannot cover its capacity "
+                                         "of %d sectors (%d needed)." % (h["grain_dir_size"] * SECTOR // 8,
+                                                                         h["capacity"], need))
+        raw = self._read(need * 8, h["grain_dir_offset"] * SECTOR, "grain directory") if need else b""
+        self.directory = struct.unpack("<%dQ" % need, raw)
+
+    def _table_offset(self, entry, index):
+        if not entry:
+            return None
+        if entry >> 32 != 0x10000000:
+            raise _vmdk_error(self.path, "is corrupt: grain directory entry %d is 0x%016x (an allocated entry "
+                                         "starts with 0x10000000)." % (index, entry))
+        return (self.header["grain_tables_offset"] + (entry & 0xFFFFFFFF) * 64) * SECTOR
+
+    def _grain(self, entry, guest):
+        kind = entry >> 60
+        if kind == 0:
+            if entry:
+                raise _vmdk_error(self.path, "is corrupt: the grain at guest offset %d has the entry 0x%016x."
+                                  % (guest, entry))
+            return BELOW, None
+        if kind in (1, 2):
+            return ZERO, None
+        if kind == 3:
+            number = ((entry & 0x0FFF000000000000) >> 48) | ((entry & 0x0000FFFFFFFFFFFF) << 12)
+            return DATA, (self.header["grains_offset"] + number * 8) * SECTOR
+        raise _vmdk_error(self.path, "is corrupt: the grain at guest offset %d has the entry 0x%016x (type %d)."
+                          % (guest, entry, kind))
+
+    def info(self):
+        return {"path": self.path, "format": self.fmt, "subformat": self.subformat, "virtual_size": self.size,
+                "grain_size": self.grain_bytes, "backing_file": self.backing_file}
+
+
+class CowdLayer(_VmdkSparseLayer):
+    """A vmfsSparse ("COWD") extent, ESXi's delta on VMFS5 and older: u32 entries, sector offsets, 0 = parent."""
+
+    subformat = "vmfsSparse"
+    entry_bytes = 4
+
+    def _parse_header(self):
+        head = self._read(44, 0, "header")
+        if head[:4] != COWD_MAGIC:
+            raise _vmdk_error(self.path, "is not a vmfsSparse extent (it does not start with COWD).")
+        (version, flags, sectors, granularity, l1_offset, l1_size, dummy_file_sectors, dummy_cyl, dummy_heads,
+         dummy_spt) = struct.unpack("<10I", head[4:44])
+        if version != 1:
+            raise _vmdk_error(self.path, "is a vmfsSparse extent of version %d; this reader knows version 1."
+                              % version)
+        if not granularity or granularity & (granularity - 1) or granularity > 0x200000:
+            raise _vmdk_error(self.path, "has grains of %d sectors; a vmfsSparse grain is a power of two sectors."
+                              % granularity)
+        self.flags = flags
+        self.size = sectors * SECTOR
+        self.grain_bytes = granularity * SECTOR
+        self.gt_entries = _COWD_GT_ENTRIES
+        need = -(-self.size // (self.grain_bytes * self.gt_entries))
+        if need > l1_size:
+            raise _vmdk_error(self.path, "is corrupt: its grain directory of %d entries cannot cover its %d sectors "
+                                         "(%d needed)." % (l1_size, sectors, need))
+        raw = self._read(need * 4, l1_offset * SECTOR, "grain directory") if need else b""
+        self.directory = struct.unpack("<%dI" % need, raw)
+
+    def _table_offset(self, entry, index):
+        return entry * SECTOR if entry else None
+
+    def _grain(self, entry, guest):
+        return (DATA, entry * SECTOR) if entry else (BELOW, None)
+
+    def info(self):
+        return {"path": self.path, "format": self.fmt, "subformat": self.subformat, "virtual_size": self.size,
+                "grain_size": self.grain_bytes, "backing_file": self.backing_file}
+
+
+def _open_vmdk_sparse(path, fd, st):
+    """The delta extent's class, told by its first bytes."""
+    head = os.pread(fd, 8, 0)
+    if head[:4] == COWD_MAGIC:
+        return CowdLayer(path, fd, st)
+    if len(head) == 8 and struct.unpack("<Q", head)[0] == SESPARSE_MAGIC:
+        return SeSparseLayer(path, fd, st)
+    if head[:4] == KDMV_MAGIC:
+        raise _vmdk_error(path, "is a hosted sparse extent (KDMV: VMware Workstation's monolithicSparse or "
+                                "stream-optimized), not an ESXi delta; convert it with qemu-img first.")
+    raise _vmdk_error(path, "is neither an SEsparse nor a vmfsSparse extent (its first bytes are %s); give the "
+                            "data file of a flat disk as raw." % (head[:8].hex() or "empty"))
+
+
+_DESC_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?(?:\s+(\d+))?\s*$')
+_DESC_KEY = re.compile(r'^([A-Za-z][\w.]*)\s*=\s*"?([^"]*)"?\s*$')
+_FLAT_TYPES = ("VMFS", "FLAT")
+_SPARSE_TYPES = {"seSparse": "SESPARSE", "vmfsSparse": "VMFSSPARSE"}
+
+
+def parse_descriptor(text, path="descriptor"):
+    """A VMware descriptor's CID, parentCID, createType, parentFileNameHint and extents (access, sectors, type,
+    file name, offset)."""
+    out = {"cid": None, "parent_cid": None, "create_type": None, "parent_hint": None, "extents": []}
+    keys = {"CID": "cid", "parentCID": "parent_cid", "createType": "create_type",
+            "parentFileNameHint": "parent_hint"}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _DESC_EXTENT.match(line)
+        if match:
+            out["extents"].append({"access": match.group(1), "sectors": int(match.group(2)),
+                                   "type": match.group(3), "file": match.group(4),
+                                   "offset": int(match.group(5) or 0)})
+            continue
+        match = _DESC_KEY.match(line)
+        if match and match.group(1) in keys:
+            out[keys[match.group(1)]] = match.group(2)
+    if not out["create_type"] or not out["extents"]:
+        raise _vmdk_error(path, "is not a VMware descriptor (no createType or no extent line).")
+    return out
+
+
+def _read_descriptor(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(1024 * 1024 + 1)
+    except (IOError, OSError) as exc:
+        raise _vmdk_error(path, "cannot be read: %s." % (exc.strerror or exc))
+    if len(data) > 1024 * 1024 or b"\0" in data[:4096]:
+        raise _vmdk_error(path, "is not a VMware descriptor (binary, or larger than 1 MiB).")
+    return parse_descriptor(data.decode("utf-8", "replace"), path)
+
+
+def _check_descriptor(layer, desc, descriptor):
+    """The descriptor must describe this one extent the way the extent's own header does."""
+    if len(desc["extents"]) != 1:
+        raise InvalidInputError("The descriptor %s lists %d extents; this reader reads disks of one extent per "
+                                "level (ESXi's)." % (descriptor, len(desc["extents"])), failed_path=descriptor)
+    extent = desc["extents"][0]
+    want = _SPARSE_TYPES.get(layer.subformat) if layer.fmt == "vmdk-sparse" else None
+    if layer.fmt == "vmdk-sparse" and (extent["type"] != want or desc["create_type"] != layer.subformat):
+        raise InvalidInputError("The descriptor %s says createType %s with a %s extent, but %s is a %s extent."
+                                % (descriptor, desc["create_type"], extent["type"], layer.path, layer.subformat),
+                                failed_path=descriptor)
+    if layer.fmt == "raw" and (extent["type"] not in _FLAT_TYPES or extent["offset"]):
+        raise InvalidInputError("The descriptor %s describes a %s extent at offset %d; a raw layer is a flat extent "
+                                "from its first byte (VMFS or FLAT, offset 0)."
+                                % (descriptor, extent["type"], extent["offset"]), failed_path=descriptor)
+    if not extent["file"] or os.path.isabs(extent["file"]):
+        raise InvalidInputError("The descriptor %s names its extent as %r; a descriptor beside its extent names it "
+                                "by a relative file name." % (descriptor, extent["file"]), failed_path=descriptor)
+    size = extent["sectors"] * SECTOR
+    if layer.fmt == "vmdk-sparse" and size != layer.size:
+        raise InvalidInputError("The descriptor %s gives %d sectors, but its extent %s holds %d."
+                                % (descriptor, extent["sectors"], layer.path, layer.size // SECTOR),
+                                failed_path=descriptor)
+    layer.size = size  # a flat extent's guest-visible size is the descriptor's, whatever the file's length
+    layer.descriptor = {"path": descriptor, "cid": desc["cid"], "parent_cid": desc["parent_cid"],
+                        "create_type": desc["create_type"], "parent_hint": desc["parent_hint"],
+                        "extent_file": extent["file"]}
+    layer.backing_file = desc["parent_hint"]
+
+
 def _coalesce(runs):
     """Merge neighbouring runs that read the same way (zeros; the same layer's contiguous host bytes)."""
     cur = None
@@ -467,11 +773,17 @@ class Chain(object):
             for layer in self.spec:
                 fd, st = open_source(layer["path"])
                 try:
-                    cls = Qcow2Layer if layer["format"] == "qcow2" else RawLayer
-                    self.layers.append(cls(layer["path"], fd, st))
+                    if layer["format"] == "vmdk-sparse":
+                        opened = _open_vmdk_sparse(layer["path"], fd, st)
+                    else:
+                        opened = (Qcow2Layer if layer["format"] == "qcow2" else RawLayer)(layer["path"], fd, st)
                 except BaseException:
                     os.close(fd)
                     raise
+                self.layers.append(opened)
+                opened.descriptor = None
+                if layer.get("descriptor"):
+                    _check_descriptor(opened, _read_descriptor(layer["descriptor"]), layer["descriptor"])
             self._check_chain()
         except BaseException:
             self.close()
@@ -490,6 +802,8 @@ class Chain(object):
                                         % (layer.path, seen[key]), failed_path=layer.path)
             seen[key] = layer.path
             below = self.layers[index + 1] if index + 1 < len(self.layers) else None
+            if layer.fmt == "vmdk-sparse":
+                self._check_vmdk_parent(layer, below)
             if layer.fmt != "qcow2":
                 continue
             if below is None and layer.backing_file:
@@ -508,6 +822,31 @@ class Chain(object):
                     "The layer %s names a backing file of format %s in its header, but the chain gives %s as %s."
                     % (layer.path, layer.backing_format, below.path, below.fmt), failed_path=below.path)
 
+    @staticmethod
+    def _check_vmdk_parent(layer, below):
+        """A delta's descriptor names its parent's CID: the level below must be that parent."""
+        if below.descriptor is None or layer.descriptor is None:
+            if below.fmt == "qcow2":
+                raise InvalidInputError("The layer %s is a qcow2 image below the VMDK delta %s; an ESXi delta's "
+                                        "parent is a VMDK." % (below.path, layer.path), failed_path=below.path)
+            return
+        try:
+            match = int(layer.descriptor["parent_cid"], 16) == int(below.descriptor["cid"], 16)
+        except (TypeError, ValueError):
+            match = False
+        if not match:
+            raise InvalidInputError(
+                "The descriptor %s names a parent with CID %s, but the level given below it, %s, has CID %s: that "
+                "is not the parent the guest read through (or it changed after the delta was made). Give the "
+                "chain as the VM used it, top first."
+                % (layer.descriptor["path"], layer.descriptor["parent_cid"], below.descriptor["path"],
+                   below.descriptor["cid"]),
+                failed_path=below.descriptor["path"])
+        if below.size != layer.size:
+            raise InvalidInputError("The delta %s is %d bytes but its parent %s is %d: ESXi keeps every level of a "
+                                    "disk the same size." % (layer.path, layer.size, below.path, below.size),
+                                    failed_path=below.path)
+
     def close(self):
         for layer in self.layers:
             try:
@@ -524,7 +863,13 @@ class Chain(object):
         return False
 
     def info(self):
-        return {"size": self.size, "layers": [layer.info() for layer in self.layers]}
+        layers = []
+        for layer in self.layers:
+            facts = layer.info()
+            if layer.descriptor is not None:
+                facts["descriptor"] = dict(layer.descriptor)
+            layers.append(facts)
+        return {"size": self.size, "layers": layers}
 
     def _map(self, index, start, end):
         """Runs ``(offset, length, kind, layer index, host)`` of ``[start, end)`` as layer ``index`` shows it."""
@@ -716,29 +1061,76 @@ def _durable(fd, path):
 def _layer_pairs(layers_rel):
     pairs = []
     for layer in normalize_layers(layers_rel):
-        if "\0" in layer["path"]:
+        if "\0" in layer["path"] or "\0" in layer.get("descriptor", ""):
             raise InvalidInputError("The layer path %r holds a NUL byte." % layer["path"])
         pairs.append((layer["path"], layer["format"]))
     return pairs
+
+
+def _is_vmdk_chain(layers_rel):
+    return any(str(layer.get("format", "")).lower() == "vmdk-sparse" for layer in layers_rel
+               if isinstance(layer, dict))
+
+
+def vmdk_links(layers_rel):
+    """For a chain with VMDK deltas: ``[(link, target)]``, each level's descriptor and extent under the names the
+    host gave them (``<level>/<name>``), since a descriptor names its extent and QEMU finds it by that name; the
+    copies in the case folder carry other names. ``layers_rel`` items need ``descriptor`` and ``extent_file``."""
+    links = []
+    for index, layer in enumerate(layers_rel):
+        descriptor = layer.get("descriptor")
+        extent = layer.get("extent_file")
+        if not descriptor or not extent:
+            raise InvalidInputError("Level %d of the VMDK chain (%s) needs its descriptor and the extent name the "
+                                    "descriptor gives." % (index, layer.get("path")))
+        for name in (os.path.basename(descriptor), extent):
+            if not name or "/" in name or name in (".", "..") or "\0" in name:
+                raise InvalidInputError("The VMDK name %r cannot be a file name." % (name,))
+        if os.path.basename(descriptor) == extent:
+            raise InvalidInputError("The descriptor %s names itself as its extent." % descriptor)
+        links.append(("%d/%s" % (index, os.path.basename(descriptor)), descriptor))
+        links.append(("%d/%s" % (index, extent), layer["path"]))
+    return links
 
 
 def qemu_json(layers_rel):
     """A ``json:{...}`` descriptor of the chain for QEMU, with each layer's backing given explicitly.
 
     The paths are used as given (relative to the folder the command runs in); no header's backing path is
-    followed: every layer names the next as its ``backing``, and the last layer's ``backing`` is null.
+    followed: every layer names the next as its ``backing``, and the last layer's ``backing`` is null. A chain with
+    VMDK deltas opens each level through its descriptor (QEMU reads a delta only over a VMDK parent whose CID
+    matches), under the names of ``vmdk_links``.
     """
     node = None
-    for path, fmt in reversed(_layer_pairs(layers_rel)):
-        node = {"driver": fmt, "file": {"driver": "file", "filename": path}, "backing": node}
+    if _is_vmdk_chain(layers_rel):
+        _layer_pairs(layers_rel)
+        for link, dummy in reversed(vmdk_links(layers_rel)[0::2]):
+            node = {"driver": "vmdk", "file": {"driver": "file", "filename": link}, "backing": node}
+    else:
+        for path, fmt in reversed(_layer_pairs(layers_rel)):
+            node = {"driver": fmt, "file": {"driver": "file", "filename": path}, "backing": node}
     node["read-only"] = True
     return "json:" + json.dumps(node, separators=(",", ":"), ensure_ascii=True)
 
 
 def open_command(layers_rel, out_name):
-    """The exact shell command, run in the case folder, that writes the chain as a raw image ``out_name``."""
+    """The exact shell command, run in the case folder, that writes the chain as a raw image ``out_name``.
+
+    For a chain with VMDK deltas it first links each level's copies under the host's names into a temporary folder
+    (nothing in the case folder changes), runs ``qemu-img`` there and removes the folder.
+    """
     if not out_name or "\0" in str(out_name):
         raise InvalidInputError("The output name %r of the qemu-img command is empty or holds a NUL byte."
                                 % (out_name,))
-    parts = ("qemu-img", "convert", "-O", "raw", qemu_json(layers_rel), str(out_name))
-    return " ".join(shlex.quote(part) for part in parts)
+    if not _is_vmdk_chain(layers_rel):
+        parts = ("qemu-img", "convert", "-O", "raw", qemu_json(layers_rel), str(out_name))
+        return " ".join(shlex.quote(part) for part in parts)
+    links = vmdk_links(layers_rel)
+    levels = sorted(set(link.split("/", 1)[0] for link, dummy in links), key=int)
+    steps = ['d="$(mktemp -d)"', 'mkdir %s' % " ".join('"$d/%s"' % level for level in levels)]
+    steps.extend('ln -s "$PWD/"%s "$d/"%s' % (shlex.quote(target), shlex.quote(link)) for link, target in links)
+    convert = " ".join(shlex.quote(part) for part in ("qemu-img", "convert", "-O", "raw", qemu_json(layers_rel)))
+    out = str(out_name)
+    out = shlex.quote(out) if os.path.isabs(out) else '"$OLDPWD/"%s' % shlex.quote(out)
+    steps.append('(cd "$d" && %s %s)' % (convert, out))
+    return '%s; rc=$?; rm -rf "$d"; [ "$rc" = 0 ]' % " && ".join(steps)

@@ -107,6 +107,41 @@ def segment_paths(target_stem):
     return sorted(found, key=_segment_key)
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True
+
+
+def remove_stale_partials(target_stem):
+    """Remove the temporary segments ``.<name>.partial-<pid>.E??`` of ``target_stem`` whose writer is gone (a run
+    killed while writing): they were never published, never recorded, and never evidence. Returns their paths."""
+    folder, base = os.path.split(target_stem)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    pattern = re.compile(r"^\.%s\.partial-(\d+)\.[Ee][A-Za-z0-9]{2}$" % re.escape(base))
+    removed = []
+    for name in sorted(names):
+        match = pattern.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            path = os.path.join(folder, name)
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise DestinationError("The temporary E01 segment %s, left by a run that ended while writing it, "
+                                           "cannot be removed: %s." % (path, exc.strerror), failed_path=path)
+                continue
+            removed.append(path)
+    if removed:
+        fsync_dir(folder)
+    return removed
+
+
 def _program(name):
     path = shutil.which(name)
     if not path:
@@ -380,6 +415,7 @@ def acquire_e01(layers, target_stem, case_fields, algorithms=("sha256", "md5"), 
             return result
         missing = make_folders(folder)
         result["created_folders"] = missing
+        result["removed_partials"] = remove_stale_partials(stem)
         temp_stem = os.path.join(folder, ".%s.partial-%d" % (os.path.basename(stem), os.getpid()))
         if segment_paths(temp_stem):
             raise DestinationError("Temporary E01 segments %s.* exist already; remove them." % temp_stem,

@@ -71,12 +71,19 @@ def plan_disk(case_dir, disk, e01_dir=None, flatten=False):
         full, rel = _inside(case_dir, layer["path"], "layer")
         absolute.append({"path": full, "format": layer["format"]})
         relative.append({"path": rel, "format": layer["format"]})
+        if layer.get("descriptor"):
+            absolute[-1]["descriptor"], relative[-1]["descriptor"] = _inside(case_dir, layer["descriptor"],
+                                                                             "descriptor")
     info = diskimage.describe(absolute)
+    for rel_layer, facts in zip(relative, info["layers"]):
+        if facts.get("descriptor"):
+            rel_layer["extent_file"] = facts["descriptor"]["extent_file"]
     out_name = "%s-%s.raw" % (vm, target)
     logical = {
         "size": info["size"],
         "chain": [layer["path"] for layer in relative],
         "formats": [layer["format"] for layer in relative],
+        "descriptors": [layer.get("descriptor") for layer in relative],
         "open": {"qemu_json": diskimage.qemu_json(relative),
                  "command": diskimage.open_command(relative, out_name)},
     }
@@ -195,7 +202,10 @@ def image_disks(case_dir, disks, algorithms=("sha256",), e01=False, e01_dir=None
         raise InvalidInputError("The case folder %s does not exist." % case_dir, failed_path=case_dir)
     algorithms = normalize_algorithms(algorithms)
     if e01_dir:
-        e01_dir = _inside(case_dir, e01_dir, "E01 folder")[0]
+        # an absolute folder may lie outside the case folder (a collector writes the E01s of a volume it mounted
+        # read-only beside it); a relative one is inside the case folder
+        e01_dir = (os.path.normpath(str(e01_dir)) if os.path.isabs(str(e01_dir))
+                   else _inside(case_dir, e01_dir, "E01 folder")[0])
     if not isinstance(disks, list) or not disks:
         raise InvalidInputError("No disk was given: disks needs at least one {target, vm, layers}.")
     plans = [plan_disk(case_dir, disk, e01_dir, flatten) for disk in disks]

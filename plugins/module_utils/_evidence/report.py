@@ -361,6 +361,10 @@ def _e01(art, artifacts):
     fields.append(("Media size", size_text(art.get("media_size"))))
     if art.get("tool"):
         fields.append(("Tool", clean(art.get("tool"))))
+    if art.get("made_on"):
+        fields.append(("Written on", clean(art.get("made_on"))))
+    if art.get("recorded_in"):
+        fields.append(("Recorded in", clean(art.get("recorded_in"))))
     case_fields = art.get("case_fields") if isinstance(art.get("case_fields"), dict) else {}
     for key in ("case_number", "evidence_number", "examiner", "description", "notes"):
         if case_fields.get(key) not in (None, ""):
@@ -523,7 +527,14 @@ def collect(manifest, custody_records, verification_records, signing, chain_inta
     entries, chain_how = _custody_entries(custody_records, case_id, chain_intact)
     custody = [e["record"] for e in entries if e["record"] is not None]
     verified_by_path, verifications = _verifications(verification_records)
-    artifacts = manifest.get("artifacts") if isinstance(manifest.get("artifacts"), dict) else {}
+    artifacts = dict(manifest.get("artifacts")) if isinstance(manifest.get("artifacts"), dict) else {}
+    # an artifact made after the manifest was sealed (a collector's E01 of a disk on a read-only volume) is described
+    # by its custody record only
+    for rec in custody:
+        details = rec.get("details")
+        if (rec.get("event") == "e01" and isinstance(details, dict) and isinstance(details.get("path"), str)
+                and details["path"] not in artifacts):
+            artifacts[details["path"]] = dict(details, recorded_in="custody record %s" % clean(rec.get("seq")))
 
     vms = {}
     for path in sorted(artifacts):

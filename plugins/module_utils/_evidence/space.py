@@ -261,7 +261,7 @@ def _mib(nbytes):
     return "%.1f MiB" % (nbytes / float(MIB)) if nbytes < GIB else "%.2f GiB" % (nbytes / float(GIB))
 
 
-def _what(images, memory):
+def _what(images, memory, e01_bytes=0):
     """The plan in words, for a refusal: how many images, the biggest, and the RAM."""
     counted = [i for i in images if i["same_as"] is None]
     parts = []
@@ -275,11 +275,24 @@ def _what(images, memory):
     if memory["bytes_needed"]:
         parts.append("%s of RAM by %s (%s)" % (_mib(memory["bytes"]), memory["method"],
                                                "twice: the stream, then the image" if memory["copies"] == 2 else "once"))
+    if e01_bytes:
+        parts.append("%s for the E01s of the disks" % _mib(e01_bytes))
     return " and ".join(parts)
 
 
+def e01_need(images):
+    """Free bytes the E01s of the disks of ``images`` need: their allocated data once more, plus the margin.
+
+    An E01 holds each chunk of the guest's bytes once, compressed or not (a chunk that does not shrink is stored as it
+    is), and compresses the runs of zeros to almost nothing; so the allocated data of the images (each real file once)
+    bounds it, the same guest block written in two layers counted twice.
+    """
+    allocated = sum(i["allocated_bytes"] for i in images if i["same_as"] is None)
+    return image_need(allocated) if allocated else 0
+
+
 def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, fail_when_short=True, reserve_bytes=0,
-             remote_images=None):
+             remote_images=None, e01=False):
     """The plan of ``images`` and RAM against ``dest``'s free space and/or a LUN (see evidence_plan's RETURN).
 
     Reads only. Raises DestinationError (with the whole plan in its details) when it does not fit and
@@ -302,9 +315,10 @@ def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, 
         raise InvalidInputError("reserve_bytes %r is not a number of bytes." % (reserve_bytes,))
     if reserve_bytes < 0:
         raise InvalidInputError("reserve_bytes %d is negative." % reserve_bytes)
-    needed = sum(i["bytes_needed"] for i in measured) + memory["bytes_needed"] + reserve_bytes
+    e01_bytes = e01_need(measured) if e01 else 0
+    needed = sum(i["bytes_needed"] for i in measured) + memory["bytes_needed"] + reserve_bytes + e01_bytes
     result = {"changed": False, "bytes_needed": needed, "images": measured, "memory": memory, "fits": True,
-              "reserve_bytes": reserve_bytes}
+              "reserve_bytes": reserve_bytes, "e01_bytes": e01_bytes}
     short = []
     if dest is not None:
         folder, free = free_at(dest)
@@ -313,7 +327,7 @@ def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, 
             short.append("The destination %s has %d bytes (%s) free%s, but the plan needs %d bytes (%s): %s."
                          % (result["dest"], free, _mib(free),
                             "" if folder == result["dest"] else " (measured at %s, the nearest folder that exists)"
-                            % folder, needed, _mib(needed), _what(measured, memory)))
+                            % folder, needed, _mib(needed), _what(measured, memory, e01_bytes)))
     if lun is not None:
         size = lun["size_bytes"] if lun["size_bytes"] is not None else lun_bytes(needed)
         usable = lun_usable_bytes(size)
@@ -321,7 +335,7 @@ def evaluate(images, memory_bytes=0, memory_method="none", dest=None, lun=None, 
         if usable < needed:
             short.append("A LUN of %d bytes (%s) offers about %d bytes (%s) once it carries ext4, but the plan needs "
                          "%d bytes (%s): %s. Give a larger LUN, or none to size it from the plan."
-                         % (size, _mib(size), usable, _mib(usable), needed, _mib(needed), _what(measured, memory)))
+                         % (size, _mib(size), usable, _mib(usable), needed, _mib(needed), _what(measured, memory, e01_bytes)))
     result["fits"] = not short
     if short:
         result["msg"] = " ".join(short) + " Nothing was changed."

@@ -157,6 +157,23 @@ def test_a_writer_that_dies_leaves_nothing(chain, tmp_path, monkeypatch):
     assert os.listdir(str(folder)) == []
 
 
+def test_segments_a_killed_run_left_are_removed_by_the_next(chain, tmp_path):
+    """A run killed while ewfacquirestream wrote leaves .<target>.partial-<pid>.E01 behind (never published): the next
+    run removes those of writers that are gone, and keeps those of a live process."""
+    folder = tmp_path / "e01"
+    folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [folder / (".vda.partial-%d.E01" % dead.pid), folder / (".vda.partial-%d.E02" % dead.pid)]
+    live = folder / (".vda.partial-%d.E01" % os.getppid())
+    other = folder / (".vdb.partial-%d.E01" % dead.pid)
+    for path in stale + [live, other]:
+        path.write_bytes(b"torn")
+    result = ewf.acquire_e01(chain, str(folder / "vda"), {})
+    assert sorted(result["removed_partials"]) == sorted(str(p) for p in stale)
+    assert sorted(os.listdir(str(folder))) == sorted([live.name, other.name, "vda.E01"])
+
+
 def test_short_reads_from_the_pipe_never_corrupt_the_image(tmp_path):
     """A disk of 4 KiB clusters streams in many small pieces, so ewfacquirestream's reads come back short; given
     ``-B <size>`` it then wrote an image ewfinfo called corrupted, without digests (seen on a 200 MiB chain). The

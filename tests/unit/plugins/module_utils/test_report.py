@@ -131,6 +131,30 @@ def test_every_artifact_and_fact_is_in_both_outputs():
     assert "\r" not in text and text.endswith("\n")
 
 
+def test_an_e01_the_collector_wrote_is_listed_from_its_custody_record():
+    """A collector writes an E01 of a disk on a read-only volume after the manifest was sealed: its custody record is
+    the E01's only description, and the report lists it under its VM, compared with the disk's logical digest."""
+    m = full_manifest()
+    vda = "vmc-victim-6c616276/disks/vda-00-vda.qcow2"
+    e01 = m["artifacts"].pop("vmc-victim-6c616276/e01/vda.E01")
+    e01.update(path="/srv/collector/look1/records-kvm1/vmc-victim-6c616276/e01/vda.E01", made_on="collector1",
+               vm="vmc-victim", vm_uuid=m["artifacts"][vda]["vm_uuid"])
+    log = custody_log(m)
+    last = json.loads(log.splitlines()[-1])
+    rec = {"format": "dfir.vmcollect/custody/1", "seq": last["seq"] + 1,
+           "prev": hashlib.sha256(log.splitlines(True)[-1]).hexdigest(), "case_id": CASE,
+           "recorded_at": "2026-12-06T18:40:00.000000Z", "host": "collector1", "event": "e01",
+           "module": "evidence_image", "summary": "An E01 was written on collector1.", "details": e01,
+           "controller": CONTROLLER}
+    html, text = render(m, custody=log + record_line(rec), signing=SIGNING)
+    for out in (html, text):
+        assert e01["path"] in out and "collector1" in out
+        assert "matches the logical digest of" in out and "custody record %d" % rec["seq"] in out
+    facts = rp.collect(m, log + record_line(rec), verifications(), SIGNING)
+    assert any(a["path"] == e01["path"] for vm in facts["vms"] for a in vm["artifacts"] if "path" in a) or \
+        e01["path"] in json.dumps(facts)
+
+
 def test_glance_says_yes_when_everything_holds():
     facts = rp.collect(full_manifest(), custody_log(full_manifest()), verifications(), SIGNING)
     glance = dict((label, (state, text)) for state, label, text in facts["glance"])

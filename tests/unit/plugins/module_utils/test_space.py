@@ -101,6 +101,24 @@ def test_each_real_file_counted_once(tmp_path):
     assert plan["bytes_needed"] == space.plan_bytes(allocated) == sum(a + 64 * MIB for a in allocated)
 
 
+def test_e01s_count_the_allocated_data_once_more(tmp_path):
+    """With e01, the plan counts the images' allocated data once more (each real file once), with its margin, and says
+    so when it does not fit."""
+    base = sparse(tmp_path / "base.qcow2", 8 * MIB, [(0, 4 * MIB)])
+    top = sparse(tmp_path / "vda.qcow2", 4 * MIB, [(0, MIB)])
+    link = str(tmp_path / "link.qcow2")
+    os.symlink(base, link)
+    plain = space.evaluate([top, base, link])
+    with_e01 = space.evaluate([top, base, link], e01=True)
+    allocated = sum(os.stat(p).st_blocks * 512 for p in (top, base))
+    assert plain["e01_bytes"] == 0
+    assert with_e01["e01_bytes"] == allocated + 64 * MIB
+    assert with_e01["bytes_needed"] == plain["bytes_needed"] + with_e01["e01_bytes"]
+    short = space.evaluate([top, base], e01=True, lun={"size_bytes": 256 * MIB}, fail_when_short=False)
+    assert short["fits"] is False and "for the E01s of the disks" in short["msg"], short["msg"]
+    assert space.evaluate([], e01=True)["e01_bytes"] == 0
+
+
 def test_missing_relative_and_odd_images_are_sentences(tmp_path):
     with pytest.raises(EvidenceSourceError, match=r"The image /nonexistent/vda.qcow2 does not exist on this host.*"
                                                   r"Nothing was changed\."):
