@@ -57,7 +57,12 @@ def acquisition(lab, esx, ansible_playbook):
     subprocess.run(["rm", "-rf", work], check=True)
     before = host_state(esx)
     # an E01 of each disk too: ESXi cannot write one, so the collector writes it from the read-only volume
-    e01 = ["-e", "vmcollect_e01=true", "-e", json.dumps({"vmcollect_e01_fields": {"evidence_number": "EV-ESX-1"}})]
+    # ...and the records signed (the signing key is probed in the plan play, before any change)
+    os.makedirs(work)
+    key = os.path.join(work, "examiner")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "CI examiner", "-f", key], check=True)
+    e01 = ["-e", "vmcollect_e01=true", "-e", json.dumps({"vmcollect_e01_fields": {"evidence_number": "EV-ESX-1"}}),
+           "-e", "vmcollect_signing_key=" + key]
     check = ansible_playbook(PLAYBOOK, "--check", *(_args(work) + e01))
     after_check = {"state": host_state(esx), "collector": os.path.exists(os.path.join(work, "collector", CASE))}
     first = ansible_playbook(PLAYBOOK, *(_args(work) + e01))
@@ -135,6 +140,12 @@ def test_the_collector_writes_an_e01_of_each_clone_from_the_read_only_volume(acq
     assert "E01 media digests match the disks: yes (1 of 1)" in report and "E01 evidence number  EV-ESX-1" in report
     with open(os.path.join(records, "report.html")) as f:
         assert e01 in f.read()
+    # the records that hold the E01's digests are signed
+    for name in ("custody.jsonl", "report.html", "report.txt", "manifest.json", "SHA256SUMS"):
+        with open(os.path.join(records, name), "rb") as f:
+            subprocess.run(["ssh-keygen", "-Y", "verify", "-f", os.path.join(records, "allowed_signers"),
+                            "-I", "CI examiner", "-n", "dfir.vmcollect@evidence", "-s",
+                            os.path.join(records, name + ".sig")], stdin=f, check=True, stdout=subprocess.DEVNULL)
 
 
 def test_the_volume_is_a_gpt_partition_read_at_its_offset(acquisition):

@@ -115,7 +115,10 @@ def iscsi(lab, ansible_playbook):
         ansible_playbook(TEARDOWN, "-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=%s/journal" % work)
     subprocess.run(["rm", "-rf", work], check=True)
     os.makedirs(work)
-    args = _args(lab, work, CASE, [guest["name"]])
+    # the examiner's signing key: refused before any change if it cannot sign, probed in the plan play
+    key = os.path.join(work, "examiner")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "CI examiner", "-f", key], check=True)
+    args = _args(lab, work, CASE, [guest["name"]], extra=["-e", "vmcollect_signing_key=" + key])
     xml_before = _out(VIRSH + ["dumpxml", "--inactive", guest["name"]])
     live_xml_before = _out(VIRSH + ["dumpxml", guest["name"]])
 
@@ -156,7 +159,7 @@ def iscsi(lab, ansible_playbook):
 def test_check_mode_changes_nothing(iscsi):
     out = iscsi["check"].stdout
     assert iscsi["check"].returncode == 0, out[-5000:]
-    assert iscsi["after_check"]["files"] == [] and iscsi["after_check"]["traces"] == []
+    assert iscsi["after_check"]["files"] == ["examiner", "examiner.pub"] and iscsi["after_check"]["traces"] == []
     assert iscsi["after_check"]["xml"] == iscsi["xml_before"]
 
 
@@ -195,6 +198,19 @@ def test_collector_verified_every_artifact_from_the_backing_file(iscsi):
     # the RAM image is hashed with the configured algorithms, as the disks are
     for artifact in manifest["artifacts"].values():
         assert sorted(artifact["digests"]) == ["md5", "sha256"], artifact
+
+
+def test_the_records_on_the_collector_are_signed(iscsi):
+    """With vmcollect_signing_key the collector's records of the case are signed; ssh-keygen -Y verify alone checks
+    each of them there."""
+    records = os.path.join(iscsi["work"], "collector", CASE, "records-kvm1")
+    signed = sorted(n[:-4] for n in os.listdir(records) if n.endswith(".sig"))
+    assert signed == ["SHA256SUMS", "custody.jsonl", "manifest.json", "report.html", "report.txt"]
+    for name in signed:
+        with open(os.path.join(records, name), "rb") as f:
+            subprocess.run(["ssh-keygen", "-Y", "verify", "-f", os.path.join(records, "allowed_signers"),
+                            "-I", "CI examiner", "-n", "dfir.vmcollect@evidence", "-s",
+                            os.path.join(records, name + ".sig")], stdin=f, check=True, stdout=subprocess.DEVNULL)
 
 
 def test_the_run_ends_with_a_summary_and_no_empty_plays(iscsi):
