@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, dfir.vmcollect contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The lab's snapshot deltas are real VMware SEsparse files (lab/vcsim/sesparse.go, BEHAVIOUR-vms.md).
+"""The lab's snapshot deltas are real VMware SEsparse files (lab/vcsim/sesparse.go, lab/vcsim/BEHAVIOUR-vms.md).
 
 1. lab/vcsim/sesparse_test.go (``go test``, built as lab/vcsim/build.sh builds the simulator: GOPATH mode against
    Debian's govmomi): random writes (unaligned, across grains and 16 MiB grain-table boundaries, at the end of the
