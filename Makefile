@@ -52,6 +52,7 @@ bench: setup  ## benchmarks (print ratios against baselines; not tests); bench-l
 	$(PY) bench/copy_bench.py --format qcow2
 	$(PY) bench/copy_bench.py
 	$(PY) bench/e01_bench.py --size-mib 512 --rounds 3
+	$(PY) bench/vmdk_bench.py --size-mib 1024 --rounds 3
 
 bench-lab: setup lab-up  ## the benchmarks that need the lab: RAM methods vs virsh dump, iSCSI vs local
 	/usr/bin/python3 bench/memory_bench.py --ram-mib 256 1024 --rounds 3

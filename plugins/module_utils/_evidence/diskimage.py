@@ -28,7 +28,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shlex
 import stat
 import struct
@@ -53,6 +52,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse im
     open_source,
     source_size,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.vmdk_descriptor import parse_descriptor
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir
 
 FORMATS = ("qcow2", "raw", "vmdk-sparse")
@@ -674,34 +674,8 @@ def _open_vmdk_sparse(path, fd, st):
                             "data file of a flat disk as raw." % (head[:8].hex() or "empty"))
 
 
-_DESC_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?(?:\s+(\d+))?\s*$')
-_DESC_KEY = re.compile(r'^([A-Za-z][\w.]*)\s*=\s*"?([^"]*)"?\s*$')
 _FLAT_TYPES = ("VMFS", "FLAT")
 _SPARSE_TYPES = {"seSparse": "SESPARSE", "vmfsSparse": "VMFSSPARSE"}
-
-
-def parse_descriptor(text, path="descriptor"):
-    """A VMware descriptor's CID, parentCID, createType, parentFileNameHint and extents (access, sectors, type,
-    file name, offset)."""
-    out = {"cid": None, "parent_cid": None, "create_type": None, "parent_hint": None, "extents": []}
-    keys = {"CID": "cid", "parentCID": "parent_cid", "createType": "create_type",
-            "parentFileNameHint": "parent_hint"}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _DESC_EXTENT.match(line)
-        if match:
-            out["extents"].append({"access": match.group(1), "sectors": int(match.group(2)),
-                                   "type": match.group(3), "file": match.group(4),
-                                   "offset": int(match.group(5) or 0)})
-            continue
-        match = _DESC_KEY.match(line)
-        if match and match.group(1) in keys:
-            out[keys[match.group(1)]] = match.group(2)
-    if not out["create_type"] or not out["extents"]:
-        raise _vmdk_error(path, "is not a VMware descriptor (no createType or no extent line).")
-    return out
 
 
 def _read_descriptor(path):
@@ -710,9 +684,9 @@ def _read_descriptor(path):
             data = handle.read(1024 * 1024 + 1)
     except (IOError, OSError) as exc:
         raise _vmdk_error(path, "cannot be read: %s." % (exc.strerror or exc))
-    if len(data) > 1024 * 1024 or b"\0" in data[:4096]:
-        raise _vmdk_error(path, "is not a VMware descriptor (binary, or larger than 1 MiB).")
-    return parse_descriptor(data.decode("utf-8", "replace"), path)
+    if len(data) > 1024 * 1024:
+        raise _vmdk_error(path, "is larger than 1 MiB: not a VMware descriptor.")
+    return parse_descriptor(data, path)
 
 
 def _check_descriptor(layer, desc, descriptor):
@@ -729,7 +703,7 @@ def _check_descriptor(layer, desc, descriptor):
     if layer.fmt == "raw" and (extent["type"] not in _FLAT_TYPES or extent["offset"]):
         raise InvalidInputError("The descriptor %s describes a %s extent at offset %d; a raw layer is a flat extent "
                                 "from its first byte (VMFS or FLAT, offset 0)."
-                                % (descriptor, extent["type"], extent["offset"]), failed_path=descriptor)
+                                % (descriptor, extent["type"], extent["offset"] or 0), failed_path=descriptor)
     if not extent["file"] or os.path.isabs(extent["file"]):
         raise InvalidInputError("The descriptor %s names its extent as %r; a descriptor beside its extent names it "
                                 "by a relative file name." % (descriptor, extent["file"]), failed_path=descriptor)

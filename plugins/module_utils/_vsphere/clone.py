@@ -50,7 +50,6 @@ import http.client
 import json
 import os
 import posixpath
-import re
 import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
@@ -63,6 +62,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     VsphereError,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import DEFAULT_BLOCK_SIZE, normalize_algorithms
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.vmdk_descriptor import parse_descriptor
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal, undo_handler, utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import client as _client
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import fetch as _fetch
@@ -92,45 +92,10 @@ ENGINE_UNDO = {}
 DATA_EXTENTS = ("VMFS", "FLAT")
 DELTA_EXTENTS = ("VMFSSPARSE", "SESPARSE", "SPARSE")
 RESERVED_SUFFIXES = ("-flat.vmdk", "-delta.vmdk", "-sesparse.vmdk", "-ctk.vmdk", "-rdm.vmdk", "-rdmp.vmdk")
-_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z0-9_]+)(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$')
-_KEY_VALUE = re.compile(r'^([A-Za-z0-9_.]+)\s*=\s*"?(.*?)"?\s*$')
 _COPY_TASKS = ("copyvirtualdisk", "copydatastorefile")
 
 
 # -- descriptors ---------------------------------------------------------------------------------------------------
-
-def parse_descriptor(data, name):
-    """A text VMDK descriptor (bytes) as dict(create_type, cid, parent_cid, parent_hint, extents [{access, sectors,
-    type, file}], ddb {key: value}, virtual_bytes). Anything else is refused with a sentence naming ``name``."""
-    if data[:4] in (b"KDMV", b"COWD"):
-        raise EvidenceSourceError("%s is a binary sparse disk (a hosted VMware format), not a VMFS descriptor; clone "
-                                  "its descriptor on a VMFS or NFS datastore." % name, failed_path=name)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EvidenceSourceError("%s is not a text VMDK descriptor (not UTF-8); give the descriptor (<disk>.vmdk), "
-                                  "not a data file." % name, failed_path=name)
-    values, ddb, extents = {}, {}, []
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        m = _EXTENT.match(s)
-        if m:
-            extents.append({"access": m.group(1), "sectors": int(m.group(2)), "type": m.group(3).upper(),
-                            "file": m.group(4), "offset": int(m.group(5)) if m.group(5) else None})
-            continue
-        m = _KEY_VALUE.match(s)
-        if m:
-            (ddb if m.group(1).startswith("ddb.") else values)[m.group(1)] = m.group(2)
-    if "createType" not in values or not extents:
-        raise EvidenceSourceError("%s is not a VMDK descriptor (no createType or no extent line); give the disk's "
-                                  "descriptor (<disk>.vmdk), not a data file (<disk>-flat.vmdk)." % name,
-                                  failed_path=name)
-    return {"create_type": values["createType"], "cid": values.get("CID"), "parent_cid": values.get("parentCID"),
-            "parent_hint": values.get("parentFileNameHint"), "extents": extents, "ddb": ddb,
-            "virtual_bytes": sum(e["sectors"] for e in extents) * 512}
-
 
 def adapter_type(value):
     """(VirtualDiskAdapterType, note) for a descriptor's ddb.adapterType. The API names three; a descriptor's adapter
