@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, dfir.vmcollect contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The guest-visible bytes of a disk's frozen chain (qcow2 and raw layers), read with the standard library only.
+"""The guest-visible bytes of a disk's frozen chain (qcow2 and raw layers, or an ESXi disk's levels: flat extents and
+SEsparse or vmfsSparse deltas, each with its descriptor), read with the standard library only.
 
 The chain is given explicitly, top first: ``[{"path": ..., "format": "qcow2" | "raw"}, ...]``. The backing file
 name written in a qcow2 header is never followed (a copied chain still names the original host's base path); it
@@ -13,6 +14,12 @@ to 2 MiB, L1/L2 tables, zero clusters (version 3), compressed clusters (deflate;
 entries (subclusters). Encrypted images and images with an external data file are refused. An unallocated cluster
 reads through to the next layer; below the last layer, and past a layer's own virtual size, the guest sees zeros
 (as QEMU shows them). A data cluster that lies past the end of its file reads as zeros there, as in QEMU.
+
+An ESXi level is its extent with its descriptor: ``{"path": extent, "format": "raw" | "vmdk-sparse", "descriptor":
+...}``. A flat extent is raw, its size the descriptor's. A delta is read as QEMU's vmdk driver reads it: SEsparse
+(grain directory of 16 MiB grain tables, u64 entries, 4 KiB grains; unmapped and zeroed grains read as zeros; a
+journal left to replay is refused) or vmfsSparse (COWD: u32 sector offsets, 0 reads the parent). A descriptor must
+describe its extent as the extent's header does, and a delta's parentCID must be the CID of the level below it.
 
 ``iter_extents`` yields ``(offset, length, data or None)`` (None: zeros, never read); ``logical_digests`` hashes the
 whole byte stream, zeros included, in one pass (zero runs from one preallocated zero buffer) and can hand the same
@@ -683,9 +690,11 @@ def _read_descriptor(path):
         with open(path, "rb") as handle:
             data = handle.read(1024 * 1024 + 1)
     except (IOError, OSError) as exc:
-        raise _vmdk_error(path, "cannot be read: %s." % (exc.strerror or exc))
+        raise EvidenceSourceError("The VMDK descriptor %s cannot be read: %s." % (path, exc.strerror or exc),
+                                  failed_path=path)
     if len(data) > 1024 * 1024:
-        raise _vmdk_error(path, "is larger than 1 MiB: not a VMware descriptor.")
+        raise EvidenceSourceError("The file %s is larger than 1 MiB: not a VMware descriptor." % path,
+                                  failed_path=path)
     return parse_descriptor(data, path)
 
 
