@@ -124,6 +124,8 @@ def test_the_collector_writes_an_e01_of_each_clone_from_the_read_only_volume(acq
     records = os.path.join(acquisition["work"], "collector", CASE, "records-esx1")
     e01 = os.path.join(records, rel.split("/")[0], "e01", re.sub(r"[^A-Za-z0-9._-]+", "_", disk["target"]) + ".E01")
     assert os.path.isfile(e01), sorted(os.listdir(records))
+    assert "written on collector1 from the read-only volume and equal to its digests at the source: " + e01 \
+        in acquisition["first"].stdout, acquisition["first"].stdout[-3000:]
     verify = subprocess.run(["ewfverify", "-q", e01], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, check=False)
     assert verify.returncode == 0, verify.stdout

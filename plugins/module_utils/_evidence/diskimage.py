@@ -134,13 +134,14 @@ def normalize_layers(layers):
     return result
 
 
-def _pread_exact(fd, length, offset, path, what):
+def _pread_exact(fd, length, offset, path, what, kind="a qcow2 image", error=_image_error):
+    """``length`` bytes at ``offset``; a file that ends before them is ``error`` (it is truncated or not ``kind``)."""
     data = os.pread(fd, length, offset)
     while len(data) < length:
         more = os.pread(fd, length - len(data), offset + len(data))
         if not more:
-            raise _image_error(path, "ends at byte %d, inside its %s (bytes %d-%d): the file is truncated or "
-                                     "not a qcow2 image." % (offset + len(data), what, offset, offset + length - 1))
+            raise error(path, "ends at byte %d, inside its %s (bytes %d-%d): the file is truncated or not %s."
+                        % (offset + len(data), what, offset, offset + length - 1, kind))
         data += more
     return data
 
@@ -500,15 +501,7 @@ class _VmdkSparseLayer(object):
         self._parse_header()
 
     def _read(self, length, offset, what):
-        data = os.pread(self.fd, length, offset)
-        while len(data) < length:
-            more = os.pread(self.fd, length - len(data), offset + len(data))
-            if not more:
-                raise _vmdk_error(self.path, "ends at byte %d, inside its %s (bytes %d-%d): the file is truncated "
-                                             "or not a %s extent."
-                                  % (offset + len(data), what, offset, offset + length - 1, self.subformat))
-            data += more
-        return data
+        return _pread_exact(self.fd, length, offset, self.path, what, "a %s extent" % self.subformat, _vmdk_error)
 
     def _table(self, index):
         table = self._tables.get(index)
@@ -548,6 +541,10 @@ class _VmdkSparseLayer(object):
 
     def read_into(self, view, host):
         _read_into(self.fd, view, host)
+
+    def info(self):
+        return {"path": self.path, "format": self.fmt, "subformat": self.subformat, "virtual_size": self.size,
+                "grain_size": self.grain_bytes, "backing_file": self.backing_file}
 
 
 class SeSparseLayer(_VmdkSparseLayer):
@@ -622,10 +619,6 @@ class SeSparseLayer(_VmdkSparseLayer):
         raise _vmdk_error(self.path, "is corrupt: the grain at guest offset %d has the entry 0x%016x (type %d)."
                           % (guest, entry, kind))
 
-    def info(self):
-        return {"path": self.path, "format": self.fmt, "subformat": self.subformat, "virtual_size": self.size,
-                "grain_size": self.grain_bytes, "backing_file": self.backing_file}
-
 
 class CowdLayer(_VmdkSparseLayer):
     """A vmfsSparse ("COWD") extent, ESXi's delta on VMFS5 and older: u32 entries, sector offsets, 0 = parent."""
@@ -661,10 +654,6 @@ class CowdLayer(_VmdkSparseLayer):
 
     def _grain(self, entry, guest):
         return (DATA, entry * SECTOR) if entry else (BELOW, None)
-
-    def info(self):
-        return {"path": self.path, "format": self.fmt, "subformat": self.subformat, "virtual_size": self.size,
-                "grain_size": self.grain_bytes, "backing_file": self.backing_file}
 
 
 def _open_vmdk_sparse(path, fd, st):

@@ -232,21 +232,28 @@ def test_vmfssparse_chain_equals_qemu_and_dissect(tmp_path):
     assert ours["digests"]["sha256"] == dissect_digest(str(tmp_path / "c-000001.vmdk"))
 
 
+def copy_renamed(layers, case, vm):
+    """Copy each level's extent and descriptor into ``<case>/<vm>/disks/`` as the pipeline names copies
+    (``scsi0_0-<depth>-<host's name>``); the layers relative to the case folder."""
+    (case / vm / "disks").mkdir(parents=True)
+    rel = []
+    for depth, layer in enumerate(layers):
+        item = {"format": layer["format"]}
+        for key in ("path", "descriptor"):
+            name = "%s/disks/scsi0_0-%02d-%s" % (vm, depth, os.path.basename(layer[key]))
+            shutil.copy(layer[key], str(case / name))
+            item[key] = name
+        rel.append(item)
+    return rel
+
+
 def test_opener_command_opens_renamed_copies_without_the_host_folder(esxi_chain, tmp_path):
     """The copies carry other names in the case folder (and the original folder is gone): the command links them
     under the host's names in a temporary folder and QEMU reads the same bytes."""
     if not QEMU_IMG:
         pytest.skip("qemu-img is missing (apt-get install qemu-utils)")
     case = tmp_path / "case"
-    (case / "vm" / "disks").mkdir(parents=True)
-    rel = []
-    for depth, layer in enumerate(esxi_chain["layers"]):
-        item = {"format": layer["format"]}
-        for key in ("path", "descriptor"):
-            name = "vm/disks/scsi0_0-%02d-%s" % (depth, os.path.basename(layer[key]))
-            shutil.copy(layer[key], str(case / name))
-            item[key] = name
-        rel.append(item)
+    rel = copy_renamed(esxi_chain["layers"], case, "vm")
     want = d.logical_digests(esxi_chain["layers"])["digests"]["sha256"]
     shutil.rmtree(str(esxi_chain["folder"]))
     absolute = [dict(item, path=str(case / item["path"]), descriptor=str(case / item["descriptor"])) for item in rel]
@@ -298,15 +305,7 @@ def test_image_disks_records_descriptors_and_an_opener_that_runs(esxi_chain, tmp
     """evidence_image's backend on renamed copies in a case folder: the logical record names each level's descriptor,
     and its command (run in the case folder) writes the same bytes."""
     case = tmp_path / "case"
-    (case / "vm1" / "disks").mkdir(parents=True)
-    layers = []
-    for depth, layer in enumerate(esxi_chain["layers"]):
-        item = {"format": layer["format"]}
-        for key in ("path", "descriptor"):
-            name = "vm1/disks/scsi0_0-%02d-%s" % (depth, os.path.basename(layer[key]))
-            shutil.copy(layer[key], str(case / name))
-            item[key] = name
-        layers.append(item)
+    layers = copy_renamed(esxi_chain["layers"], case, "vm1")
     result = imaging.image_disks(str(case), [{"target": "scsi0_0", "vm": "vm1", "layers": layers}])
     (disk,) = result["disks"]
     logical = disk["logical"]
