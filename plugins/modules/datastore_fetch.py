@@ -369,6 +369,13 @@ verify_seconds:
   returned: success
   type: float
   sample: 6.81
+verify_carried_bytes:
+  description:
+    - Bytes of holes the read-back did not hash again, as in M(dfir.vmcollect.evidence_copy). They are
+      holes in the local copy and, on the host, parts of the file outside the areas fetched.
+  returned: success
+  type: int
+  sample: 9663676416
 msg:
   description: What was done, or in check mode what would be done.
   returned: success

@@ -26,6 +26,9 @@ description:
   - The copy is written to C(<dest>.partial), synced to storage, then read back from storage and
     its digests compared with the source's. Only a copy that matches gets the name O(dest). A copy
     that does not match is deleted.
+  - The read-back hashes the copy's data. It does not hash again the zeros of a long hole that the copy
+    and the source both have. It takes over the source's hash state there, and only after the state
+    reached so far was found equal to the source's. See RV(verify_carried_bytes).
   - Resumable. A sidecar C(<dest>.partial.json) records the source's identity and how far the
     partial copy is complete. After an interruption (even C(kill -9)), a rerun with the same
     source does not write the complete part again. The source is still read and hashed whole,
@@ -228,6 +231,16 @@ verify_seconds:
   returned: success
   type: float
   sample: 6.81
+verify_carried_bytes:
+  description:
+    - Bytes of holes the read-back did not hash again. The copy has a hole there, which reads as zeros.
+      The source had a hole there too. The hash state reached so far was equal to the source's at the
+      hole's start, so the source's state at its end was taken over.
+    - RV(dest_digests) still cover the copy's whole logical content.
+    - V(null) when nothing was read back.
+  returned: success
+  type: int
+  sample: 9663676416
 msg:
   description: What was done, or in check mode what would be done.
   returned: success

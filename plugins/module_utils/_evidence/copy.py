@@ -43,11 +43,13 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, write_atomic
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import (
     DEFAULT_BLOCK_SIZE,
+    SKIP,
     SUPPORTED_ALGORITHMS,
+    CarryingHashConsumer,
     FileSource,
     HashConsumer,
     absolute,
-    hash_path,
+    hash_result,
     identity,
     normalize_algorithms,
     normalize_digest,
@@ -66,6 +68,10 @@ PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIX = ".partial.json"
 SIDECAR_FORMAT = 1
 CHECKPOINT_BYTES = 64 * MIB  # data written between two fdatasync + sidecar updates
+# Data written between two requests to the kernel to start writing the copy back (POSIX_FADV_DONTNEED on
+# what was written since: Linux starts the writeback and does not wait for it). The disk then writes while
+# the copy goes on, instead of in bursts at each checkpoint's fdatasync. 0: leave it to the kernel.
+WRITEBACK_BYTES = 8 * MIB
 PROGRESS_INTERVAL = 1.0  # seconds between two rewrites of the progress file
 DEFAULT_MODE = 0o640
 
@@ -230,6 +236,8 @@ class DestWriter(object):
         self.written = 0
         self.done_upto = skip_below
         self._pending = 0
+        self._unflushed = 0
+        self._flushed_upto = skip_below
         self._syncing = None
         self._errors = []
 
@@ -247,6 +255,10 @@ class DestWriter(object):
             else:
                 self._write(part, start)
             self.done_upto = end
+            if WRITEBACK_BYTES and self._unflushed >= WRITEBACK_BYTES and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self.fd, self._flushed_upto, end - self._flushed_upto, os.POSIX_FADV_DONTNEED)
+                self._flushed_upto = end
+                self._unflushed = 0
         if self._pending >= self.checkpoint_bytes and (self._syncing is None or not self._syncing.is_alive()):
             self._raise_error()
             self._pending = 0
@@ -265,6 +277,7 @@ class DestWriter(object):
             raise _write_error(self.path, exc, offset + done)
         self.written += total
         self._pending += total
+        self._unflushed += total
 
     def _checkpoint(self, upto):
         try:
@@ -385,7 +398,7 @@ def _result(src, dest, size, data_bytes, hole_bytes, free):
     return {
         "changed": False, "src": src, "dest": dest, "size": size, "data_bytes": data_bytes,
         "hole_bytes": hole_bytes, "free_bytes": free, "digests": {}, "dest_digests": {}, "verified": False,
-        "resumed_from": 0, "seconds": None, "mib_per_s": None, "verify_seconds": None,
+        "resumed_from": 0, "seconds": None, "mib_per_s": None, "verify_seconds": None, "verify_carried_bytes": None,
     }
 
 
@@ -468,11 +481,68 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
 
 def _hash_source(source, algorithms, block_size, reporter, phase):
     """Read and hash a source (``hashing.FileSource`` or alike) without writing."""
-    hashers = [hashlib.new(a) for a in algorithms]
+    consumers = [HashConsumer(hashlib.new(a), remember_holes=True) for a in algorithms]
     report = reporter.phase(phase, source.size, None)
-    stats = read_extents(source, [HashConsumer(h) for h in hashers], block_size, progress=report, threaded=True)
-    return {"digests": dict((h.name, h.hexdigest()) for h in hashers), "seconds": stats["seconds"],
-            "data_bytes": stats["data_bytes"]}
+    stats = read_extents(source, consumers, block_size, progress=report, threaded=True)
+    return {"digests": dict((c.hasher.name, c.hasher.hexdigest()) for c in consumers), "seconds": stats["seconds"],
+            "data_bytes": stats["data_bytes"], "consumers": consumers}
+
+
+class ReadBackSource(FileSource):
+    """The copy, read back after it was fsynced and its cached pages dropped, as a source of ``read_extents``.
+
+    Its extents are its own (SEEK_DATA/SEEK_HOLE on the copy): data is read from storage, holes read as
+    zeros. A hole of the copy that covers a whole hole the source's read remembered (``skips``:
+    ``{start: end}``) is handed out as a ``SKIP`` extent: the hash consumers carry the source's state
+    over it (``CarryingHashConsumer``) instead of hashing its zeros again.
+    """
+
+    def __init__(self, fd, st, path, skips):
+        FileSource.__init__(self, fd, st, path, verb="read back")
+        self.skips = sorted(skips.items())
+
+    def extents(self):
+        skips = self.skips
+        i = 0
+        for offset, length, is_data in iter_extents(self.fd, self.size):
+            end = offset + length
+            if is_data:
+                yield offset, length, True
+                continue
+            while i < len(skips) and skips[i][0] < offset:
+                i += 1
+            while i < len(skips) and skips[i][1] <= end:
+                start, stop = skips[i]
+                if start > offset:
+                    yield offset, start - offset, False
+                yield start, stop - start, SKIP
+                offset = stop
+                i += 1
+            if offset < end:
+                yield offset, end - offset, False
+
+
+def read_back(path, consumers, block_size=DEFAULT_BLOCK_SIZE, progress=None):
+    """Hash the copy ``path`` from storage with the algorithms of ``consumers`` (the source's read, done).
+
+    ``consumers`` are ``HashConsumer``s made with ``remember_holes``; where the copy has a hole over a
+    hole they remembered, the hash state is carried over it. Returns ``hash_path``'s result and
+    ``carried_bytes``: the bytes of holes that were not hashed again.
+    """
+    holes = [c.holes() for c in consumers]
+    shared = set((start, hole[0]) for start, hole in holes[0].items()) if holes else set()
+    for kept in holes[1:]:
+        shared &= set((start, hole[0]) for start, hole in kept.items())
+    carriers = [CarryingHashConsumer(hashlib.new(c.hasher.name), kept) for c, kept in zip(consumers, holes)]
+    fd, st = open_source(path)
+    try:
+        stats = read_extents(ReadBackSource(fd, st, path, dict(shared)), carriers, block_size, progress=progress,
+                             threaded=True)
+    finally:
+        os.close(fd)
+    result = hash_result(path, [c.hasher for c in carriers], stats)
+    result["carried_bytes"] = min(c.carried for c in carriers) if carriers else 0
+    return result
 
 
 def _raise_source_mismatch(src, digests, want):
@@ -496,9 +566,10 @@ def _compare_existing(source, src, dest, algorithms, want, block_size, reporter,
         result["mib_per_s"] = _rate(result["size"], hashed["seconds"])
         _raise_source_mismatch(src, hashed["digests"], want)
         report = reporter.phase("verify", dest_size, None)
-        theirs = hash_path(dest, algorithms, block_size, progress=report, threaded=True)
+        theirs = read_back(dest, hashed["consumers"], block_size, progress=report)
         result["dest_digests"] = theirs["digests"]
         result["verify_seconds"] = theirs["seconds"]
+        result["verify_carried_bytes"] = theirs["carried_bytes"]
         if theirs["digests"] == hashed["digests"]:
             reporter.done(dest_size)
             result["verified"] = True
@@ -513,7 +584,8 @@ def _compare_existing(source, src, dest, algorithms, want, block_size, reporter,
             "The destination %s already exists and differs from the source %s (%s); it was left untouched. "
             "Choose another destination, or set force=true to replace it." % (dest, src, why),
             failed_path=dest, **dict((k, result[k]) for k in ("digests", "dest_digests") if result[k]))
-    result.update(digests={}, dest_digests={}, seconds=None, mib_per_s=None, verify_seconds=None)
+    result.update(digests={}, dest_digests={}, seconds=None, mib_per_s=None, verify_seconds=None,
+                  verify_carried_bytes=None)
     return False
 
 
@@ -564,7 +636,7 @@ def _copy(source, source_identity, src, dest, partial, sidecar_path, folder, alg
         except OSError as exc:
             raise _write_error(partial, exc, None)
         if consumers is None:
-            consumers = [HashConsumer(hashlib.new(a)) for a in algorithms]
+            consumers = [HashConsumer(hashlib.new(a), remember_holes=True) for a in algorithms]
         hashers = [c.hasher for c in consumers]
         started = time.monotonic()
         report = reporter.phase("copy", size, result["data_bytes"])
@@ -598,14 +670,15 @@ def _copy(source, source_identity, src, dest, partial, sidecar_path, folder, alg
     if verify:
         report = reporter.phase("verify", size, result["data_bytes"])
         try:
-            back = hash_path(partial, algorithms, block_size, progress=report, threaded=True)
+            back = read_back(partial, consumers, block_size, progress=report)
         except VmcollectError as exc:  # unreadable, or changed under the read-back: not verified
             _remove_failed_copy(partial, sidecar_path, folder)
             raise DestinationError(
                 "The copy %s could not be read back and verified (%s); the copy was deleted, nothing is left at the "
                 "destination. Check the destination storage and run again." % (dest, exc.message.rstrip(".")),
                 failed_path=dest, digests=digests)
-        result.update(dest_digests=back["digests"], verify_seconds=back["seconds"])
+        result.update(dest_digests=back["digests"], verify_seconds=back["seconds"],
+                      verify_carried_bytes=back["carried_bytes"])
         mismatches = _mismatches(dest, back["digests"], digests)
         if mismatches:
             _remove_failed_copy(partial, sidecar_path, folder)

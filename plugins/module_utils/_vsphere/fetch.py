@@ -500,14 +500,14 @@ class MarkingHashConsumer(HashConsumer):
     latest offset all of them marked."""
 
     def __init__(self, hasher, every=MARK_BYTES):
-        HashConsumer.__init__(self, hasher)
+        HashConsumer.__init__(self, hasher, remember_holes=True)
         self.every = max(int(every), 1)
         self.marks = {}
         self._next = self.every
         self._lock = threading.Lock()
 
     def consume(self, view, offset, is_data):
-        self.hasher.update(view)
+        HashConsumer.consume(self, view, offset, is_data)
         end = offset + len(view)
         if end >= self._next:
             digest = self.hasher.copy().hexdigest()

@@ -479,3 +479,90 @@ def test_threaded_single_algorithm_read_equals_serial(sparse_src):
     threaded = hash_path(sparse_src, ["sha256"], threaded=True)
     assert threaded["digests"] == serial["digests"] == {"sha256": reference(sparse_src)}
     assert threaded["data_bytes"] == serial["data_bytes"] and threaded["hole_bytes"] == serial["hole_bytes"]
+
+
+# -- the read-back carries the source's hash state over the holes both files have ------------------------
+
+def source_read(path, algorithms, threaded=True):
+    """The source's read as the copy does it: hash consumers that remember the holes' states."""
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import hashing
+    consumers = [hashing.HashConsumer(hashlib.new(a), remember_holes=True) for a in algorithms]
+    fd, st = hashing.open_source(path)
+    try:
+        hashing.read_extents(hashing.FileSource(fd, st, path), consumers, threaded=threaded)
+    finally:
+        os.close(fd)
+    return consumers
+
+
+@pytest.mark.parametrize("algorithms", [["sha256"], ["sha256", "md5", "sha1", "sha512"]])
+def test_read_back_carries_the_hash_over_the_holes_and_gives_the_full_digest(sparse_src, dest_dir, algorithms):
+    dest = os.path.join(dest_dir, "disk.raw")
+    r = c.copy_evidence(sparse_src, dest, algorithms)
+    assert r["verified"]
+    for alg in algorithms:
+        assert r["dest_digests"][alg] == reference(dest, alg) == reference(sparse_src, alg)
+    # the two long holes (before 3 MiB, and from 3.5 to 40 MiB, from 40.1 MiB to the end) were not hashed again
+    assert r["verify_carried_bytes"] > 55 * MIB
+    assert r["verify_carried_bytes"] <= r["hole_bytes"]
+    rerun = c.copy_evidence(sparse_src, dest, algorithms)  # an existing copy is read back the same way
+    assert not rerun["changed"] and rerun["verified"] and rerun["verify_carried_bytes"] == r["verify_carried_bytes"]
+
+
+def test_read_back_hashes_what_the_copy_holds_where_it_has_no_hole(sparse_src, tmp_path):
+    """A copy that stores zeros where the source has a hole, or has a hole where the source stores zeros: the
+    digest is still that of its whole content, those ranges are hashed rather than carried."""
+    consumers = source_read(sparse_src, ["sha256", "md5"])
+    dense = str(tmp_path / "dense.raw")
+    with open(sparse_src, "rb") as f, open(dense, "wb") as out:  # every byte written: no hole at all
+        shutil.copyfileobj(f, out)
+    assert os.stat(dense).st_blocks * 512 >= 64 * MIB
+    back = c.read_back(dense, consumers)
+    assert back["digests"] == {"sha256": reference(sparse_src), "md5": reference(sparse_src, "md5")}
+    assert back["carried_bytes"] == 0
+    zeros = str(tmp_path / "zeros.raw")  # all-zero data in the source, a hole in the copy
+    with open(zeros, "wb") as f:
+        f.write(bytes(8 * MIB))
+    hole = str(tmp_path / "hole.raw")
+    make_sparse(hole, 8 * MIB, [])
+    back = c.read_back(hole, source_read(zeros, ["sha256"]))
+    assert back["digests"]["sha256"] == reference(zeros) and back["carried_bytes"] == 0
+
+
+@pytest.mark.parametrize("where", ["before the hole", "inside the hole", "after the hole"])
+def test_read_back_never_carries_over_a_difference(sparse_src, tmp_path, where):
+    """The state is carried over a hole only when the copy hashed so far equals the source: a byte changed before
+    a hole, or data where the source had a hole, gives the digest of the copy as it is, not the source's."""
+    consumers = source_read(sparse_src, ["sha256", "md5"])
+    bad = str(tmp_path / "bad.raw")
+    subprocess.check_call(["cp", "--sparse=always", sparse_src, bad])
+    offset = {"before the hole": 3 * MIB + 100, "inside the hole": 20 * MIB, "after the hole": 40 * MIB + 12346}[where]
+    with open(bad, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x01")
+    back = c.read_back(bad, consumers)
+    assert back["digests"] == {"sha256": reference(bad), "md5": reference(bad, "md5")}
+    assert back["digests"]["sha256"] != reference(sparse_src)
+
+
+def test_the_holes_remembered_are_the_longest_and_bounded(tmp_path, monkeypatch, dest_dir):
+    """Memory stays bounded: only SKIP_KEPT holes of SKIP_MIN bytes or more are remembered, the longest ones, the
+    same for every algorithm; the others are hashed again, and the digest is right either way."""
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import hashing
+    monkeypatch.setattr(hashing, "SKIP_MIN", 256 * KIB)
+    monkeypatch.setattr(hashing, "SKIP_KEPT", 3)
+    # holes of 128 KiB (too short), then of 1, 5, 2, 4 and 3 MiB, each after 64 KiB of data
+    islands, offset = [], 0
+    for hole in (128 * KIB, 1 * MIB, 5 * MIB, 2 * MIB, 4 * MIB, 3 * MIB):
+        offset += hole
+        islands.append((offset, 64 * KIB))
+        offset += 64 * KIB
+    src = make_sparse(str(tmp_path / "holes.raw"), offset, islands)
+    consumers = source_read(src, ["sha256", "md5"])
+    kept = [sorted((start, hole[0] - start) for start, hole in cc.holes().items()) for cc in consumers]
+    assert kept[0] == kept[1]
+    assert sorted(length for dummy, length in kept[0]) == [3 * MIB, 4 * MIB, 5 * MIB]
+    dest = os.path.join(dest_dir, "holes.raw")
+    r = c.copy_evidence(src, dest, ["sha256", "md5"])
+    assert r["verified"] and r["dest_digests"]["md5"] == reference(src, "md5")
+    assert r["verify_carried_bytes"] == 12 * MIB
