@@ -64,6 +64,9 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.sparse im
 )
 
 MIB = 1024 * 1024
+# The read-back comes from the disk, not from the cache: reads of 4 MiB took 1.16 s for 973 MiB of data here, of
+# 1 MiB 1.75 s and of 8 MiB 1.44 s (medians of 5, issue 14). Four of them are in flight at most.
+READ_BACK_BLOCK_SIZE = 4 * MIB
 PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIX = ".partial.json"
 SIDECAR_FORMAT = 1
@@ -536,8 +539,8 @@ def read_back(path, consumers, block_size=DEFAULT_BLOCK_SIZE, progress=None):
     carriers = [CarryingHashConsumer(hashlib.new(c.hasher.name), kept) for c, kept in zip(consumers, holes)]
     fd, st = open_source(path)
     try:
-        stats = read_extents(ReadBackSource(fd, st, path, dict(shared)), carriers, block_size, progress=progress,
-                             threaded=True)
+        stats = read_extents(ReadBackSource(fd, st, path, dict(shared)), carriers,
+                             max(block_size, READ_BACK_BLOCK_SIZE), progress=progress, threaded=True)
     finally:
         os.close(fd)
     result = hash_result(path, [c.hasher for c in carriers], stats)
