@@ -75,6 +75,11 @@ CHECKPOINT_BYTES = 64 * MIB  # data written between two fdatasync + sidecar upda
 # what was written since: Linux starts the writeback and does not wait for it). The disk then writes while
 # the copy goes on, instead of in bursts at each checkpoint's fdatasync. 0: leave it to the kernel.
 WRITEBACK_BYTES = 8 * MIB
+# The writer's thread runs at this nice value: where the CPU is short (hashing sha256 and md5 and writing on two
+# cores), the hash threads go first and the writer uses what they leave; it waits for its disk anyway when the disk is
+# the slower. Measured (issue 14, 982 MiB qcow2 onto tmpfs, sha256+md5, medians of 7): 2.28 s against 2.44 s, hashing
+# alone 2.01 s; onto the ext4 disk 2.86 s against 2.88 s. 0 leaves it alone.
+WRITER_NICE = 5
 PROGRESS_INTERVAL = 1.0  # seconds between two rewrites of the progress file
 DEFAULT_MODE = 0o640
 
@@ -241,10 +246,17 @@ class DestWriter(object):
         self._pending = 0
         self._unflushed = 0
         self._flushed_upto = skip_below
+        self._niced = False
         self._syncing = None
         self._errors = []
 
     def consume(self, view, offset, is_data):
+        if WRITER_NICE and not self._niced:
+            self._niced = True
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+            except (AttributeError, OSError):
+                pass
         end = offset + len(view)
         if end > self.skip_below:
             start = max(offset, self.skip_below)
