@@ -24,6 +24,11 @@ description:
     that rejects TCP to the portal from any other source.
   - CHAP secrets are handed to tgtd through its root-only control socket, never through the argument
     list of any process (tgtadm would put them there), and never written to the journal or returned.
+  - Before the initiator is allowed in, the target offers larger iSCSI data segments and bursts than
+    tgt's defaults, and no initial ready-to-transfer (C(MaxRecvDataSegmentLength) and
+    C(MaxXmitDataSegmentLength) 262144, C(FirstBurstLength) 262144, C(MaxBurstLength) 1048576,
+    C(InitialR2T=No)). With tgt's defaults, writes travel in 8 KiB pieces and each waits for the target's
+    go-ahead. Every initiator negotiates down to what it supports. The values go with the target.
   - O(state=readonly) switches the LUN read-only after the acquisition; tgtd then refuses every write
     (SCSI DATA PROTECT), also in sessions already logged in. O(state=absent) removes the target, its
     accounts and firewall table, and the case's tgtd when it serves nothing else; the backing file (the

@@ -244,6 +244,18 @@ class TgtClient(object):
     def delete_target(self, tid, force=True):
         self.request(MODE_TARGET, OP_DELETE, tid=tid, force=1 if force else 0, what="deleting target %d" % tid)
 
+    def target_params(self, tid):
+        """``--mode target --op show --tid N``: the iSCSI session parameters a login negotiates from, as a dict."""
+        text = self.request(MODE_TARGET, OP_SHOW, tid=tid, what="showing the parameters of target %d" % tid)
+        return dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def update_target(self, tid, name, value):
+        """``--mode target --op update --tid N --name K --value V`` (a session parameter for the next logins)."""
+        if not name.isalnum() or not str(value).isalnum():
+            raise IscsiTargetError("The target parameter %r=%r is not a tgtd session parameter." % (name, value))
+        self.request(MODE_TARGET, OP_UPDATE, "%s=%s" % (name, value), tid=tid,
+                     what="setting %s of target %d" % (name, tid))
+
     def new_lun(self, tid, lun, backing_store, bstype="rdwr"):
         self.request(MODE_DEVICE, OP_NEW, "path=%s,bstype=%s" % (backing_store, bstype), tid=tid, lun=lun,
                      what="creating LUN %d of target %d" % (lun, tid))

@@ -228,6 +228,26 @@ def test_lun_identity_goes_in_one_update(tmp_path):
                     b"thin_provisioning=1,\0")
 
 
+def test_target_session_parameters(tmp_path):
+    """What `tgtadm --lld iscsi --mode target --op update --tid 1 --name MaxRecvDataSegmentLength --value 262144`
+    sends (strace, tgt 1:1.0.85-1+deb12u1: header, then "MaxRecvDataSegmentLength=262144" and its NUL), and the
+    session keys `--op show --tid 1` prints, read back as a dict."""
+    fake = FakeTgtd(str(tmp_path / "socket.9"), [(0, ""), (0, "nop_interval=0\nMaxRecvDataSegmentLength=262144\n"
+                                                               "InitialR2T=Yes\nMaxQueueCmd=128")])
+    fake.start()
+    client = _tgt.TgtClient(9, socket_dir=str(tmp_path), timeout=5)
+    client.update_target(1, "MaxRecvDataSegmentLength", 262144)
+    assert client.target_params(1) == {"nop_interval": "0", "MaxRecvDataSegmentLength": "262144", "InitialR2T": "Yes",
+                                       "MaxQueueCmd": "128"}
+    with pytest.raises(IscsiTargetError):
+        client.update_target(1, "InitialR2T", "No,MaxBurstLength=1")
+    fake.join(5)
+    (head, body), (show, dummy) = fake.received
+    assert head[0:2] == (_tgt.MODE_TARGET, _tgt.OP_UPDATE) and head[3] == 152 and head[4] == 1
+    assert body == b"MaxRecvDataSegmentLength=262144\0"
+    assert show[0:2] == (_tgt.MODE_TARGET, _tgt.OP_SHOW) and show[4] == 1
+
+
 def test_server_pid_is_the_listener(tmp_path):
     fake = FakeTgtd(str(tmp_path / "socket.6"), [(0, "")])
     fake.start()

@@ -344,6 +344,12 @@ def test_lun_settings():
                           identity) == {}
 
 
+# `tgtadm --mode target --op show --tid 1` of a new target on Debian 12's tgt 1:1.0.85 (the session keys)
+TGT_SESSION_DEFAULTS = {"MaxRecvDataSegmentLength": "8192", "MaxXmitDataSegmentLength": "8192", "InitialR2T": "Yes",
+                        "ImmediateData": "Yes", "FirstBurstLength": "65536", "MaxBurstLength": "262144",
+                        "MaxOutstandingR2T": "1"}
+
+
 class FakeTgt(object):
     """tgtd as target.py sees it through TgtClient (it stands for the class too: any control port is this one)."""
 
@@ -351,6 +357,7 @@ class FakeTgt(object):
         self.state = []
         self.users = []
         self.updates = []
+        self.param_updates = []
 
     def __call__(self, control_port):
         return self
@@ -394,6 +401,14 @@ class FakeTgt(object):
         self._target(tid)["luns"].append({"lun": lun, "type": "disk", "scsi_id": "IET     %04x%04x" % (tid, lun),
                                           "scsi_sn": "beaf%d%d" % (tid, lun), "size_mb": 1, "readonly": False,
                                           "thin": False, "online": True, "bstype": bstype, "path": backing_store})
+
+    def target_params(self, tid):
+        return dict(self._target(tid).setdefault("params", dict(TGT_SESSION_DEFAULTS)))
+
+    def update_target(self, tid, name, value):
+        target = self._target(tid)
+        target.setdefault("params", dict(TGT_SESSION_DEFAULTS))[name] = str(value)
+        self.param_updates.append((name, str(value), list(target["acls"])))
 
     def update_lun(self, tid, lun, **params):
         _tgt.check_lun_params(params)
@@ -539,3 +554,20 @@ def test_readonly_returns_the_identity_the_lun_presents(tmp_path, tgt_host):
     assert tgt_host.updates[-1] == {"readonly": 1}
     assert dict((k, result[k]) for k in t.IDENTITY) == t.lun_identity(IQN)
     assert result["diff"]["after"]["scsi_sn"] == "0e88d7633e4296ef4994" and result["diff"]["after"]["readonly"]
+
+
+def test_present_offers_large_pdus_and_no_initial_r2t_before_the_initiator_may_log_in(tmp_path, tgt_host):
+    """The session parameters are set on the target before its ACL lets the initiator in (a login negotiates from
+    them), once: a rerun changes nothing; check mode plans them."""
+    journal = Journal("case-42", str(tmp_path / "journal"))
+    spec = _spec(tmp_path)
+    planned = t.present(journal, spec, check_mode=True)
+    assert any(a.startswith("would: set FirstBurstLength=262144, InitialR2T=No") for a in planned["actions"])
+    assert tgt_host.param_updates == []
+    result = t.present(journal, spec)
+    assert sorted((name, value) for name, value, dummy in tgt_host.param_updates) == sorted(t.SESSION_PARAMS.items())
+    assert all(acls == [] for dummy, dummy2, acls in tgt_host.param_updates), "set before the initiator was allowed"
+    assert "set FirstBurstLength=262144, InitialR2T=No, MaxBurstLength=1048576, MaxRecvDataSegmentLength=262144, " \
+           "MaxXmitDataSegmentLength=262144 on target %s" % IQN in result["actions"]
+    again = t.present(journal, spec)
+    assert not again["changed"] and len(tgt_host.param_updates) == len(t.SESSION_PARAMS)
