@@ -53,7 +53,7 @@ _POOL_DEPTH = 4  # buffers in flight per multi-algorithm hash
 # hand-overs). Untouched, calloc'ed memory maps the kernel's zero page: it costs no RAM.
 HOLE_CHUNK = 16 * 1024 * 1024
 # A read-back carries the hash state over the source's holes of at least SKIP_MIN bytes that the copy
-# has too, the SKIP_KEPT longest of them (about 1 KiB of hash states per hole and algorithm).
+# has too, the SKIP_KEPT longest of them (two hash states per hole and algorithm).
 SKIP_MIN = 4 * 1024 * 1024
 SKIP_KEPT = 4096
 SKIP = "skip"  # the third kind of extent: zeros the consumers may skip (see CarryingHashConsumer)
@@ -65,6 +65,8 @@ def _zeros():
     if not _ZEROS:
         _ZEROS.append(memoryview(bytes(HOLE_CHUNK)))
     return _ZEROS[0]
+
+
 _HEX = frozenset("0123456789abcdef")
 
 

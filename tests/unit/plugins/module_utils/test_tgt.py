@@ -232,8 +232,8 @@ def test_target_session_parameters(tmp_path):
     """What `tgtadm --lld iscsi --mode target --op update --tid 1 --name MaxRecvDataSegmentLength --value 262144`
     sends (strace, tgt 1:1.0.85-1+deb12u1: header, then "MaxRecvDataSegmentLength=262144" and its NUL), and the
     session keys `--op show --tid 1` prints, read back as a dict."""
-    fake = FakeTgtd(str(tmp_path / "socket.9"), [(0, ""), (0, "nop_interval=0\nMaxRecvDataSegmentLength=262144\n"
-                                                               "InitialR2T=Yes\nMaxQueueCmd=128")])
+    shown = "nop_interval=0\nMaxRecvDataSegmentLength=262144\nInitialR2T=Yes\nMaxQueueCmd=128"
+    fake = FakeTgtd(str(tmp_path / "socket.9"), [(0, ""), (0, shown)])
     fake.start()
     client = _tgt.TgtClient(9, socket_dir=str(tmp_path), timeout=5)
     client.update_target(1, "MaxRecvDataSegmentLength", 262144)
