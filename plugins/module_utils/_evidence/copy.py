@@ -253,10 +253,11 @@ class DestWriter(object):
     def consume(self, view, offset, is_data):
         if WRITER_NICE and not self._niced:
             self._niced = True
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
-            except (AttributeError, OSError):
-                pass
+            if threading.current_thread() is not threading.main_thread():  # never the module's own thread
+                try:
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+                except (AttributeError, OSError):
+                    pass
         end = offset + len(view)
         if end > self.skip_below:
             start = max(offset, self.skip_below)

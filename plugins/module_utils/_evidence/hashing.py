@@ -175,25 +175,25 @@ class CarryingHashConsumer(HashConsumer):
             self.hasher = hole[2].copy()
             self.carried += length
             return
-        zeros = _zeros()
-        done = 0
-        while done < length:
-            n = min(length - done, len(zeros))
-            self.hasher.update(zeros[:n])
-            done += n
+        _feed_zeros(self, length, offset)
 
 
-def _skip(consumer, length, offset):
-    """Zeros the consumer may skip (``CarryingHashConsumer.skip``); one without ``skip`` is fed them."""
-    if hasattr(consumer, "skip"):
-        consumer.skip(offset, length)
-        return
+def _feed_zeros(consumer, length, offset):
+    """Hand ``length`` zeros from ``offset`` on to a consumer, as holes, from the shared zero buffer."""
     zeros = _zeros()
     done = 0
     while done < length:
         n = min(length - done, len(zeros))
         consumer.consume(zeros[:n], offset + done, False)
         done += n
+
+
+def _skip(consumer, length, offset):
+    """Zeros the consumer may skip (``CarryingHashConsumer.skip``); one without ``skip`` is fed them."""
+    if hasattr(consumer, "skip"):
+        consumer.skip(offset, length)
+    else:
+        _feed_zeros(consumer, length, offset)
 
 
 class _Ticket(object):

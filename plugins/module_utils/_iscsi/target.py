@@ -659,8 +659,8 @@ def _initiators_text(target):
 # The iSCSI session parameters the target offers (tgt 1.0.85's defaults in brackets). With its defaults an initiator
 # sends writes as 8 KiB PDUs [MaxRecvDataSegmentLength 8192] and waits for a ready-to-transfer before the data of
 # each write [InitialR2T Yes], 256 KiB per round trip [MaxBurstLength]: 512 MiB copied onto the lab's LUN took 4.3-5.9 s
-# (cp + sync, through qemu-storage-daemon's libiscsi), with these 2.9-3.8 s (issue 14). RFC 7143 values any
-# initiator negotiates down from; they change no byte written.
+# (cp + sync, through qemu-storage-daemon's libiscsi), with these 2.9-3.8 s (issue 14). Each is an RFC 7143 login key:
+# an initiator declares its own limits or negotiates these down; they change no byte written.
 SESSION_PARAMS = {
     "MaxRecvDataSegmentLength": "262144",
     "MaxXmitDataSegmentLength": "262144",
