@@ -54,4 +54,12 @@ if [ "$role" = kvm ]; then
   LIBVIRT_LOG_FILTERS=${LAB_LIBVIRT_LOG_FILTERS:-} LIBVIRT_LOG_OUTPUTS="${LAB_LIBVIRT_LOG_LEVEL:-3}:file:$LAB_LOGS/libvirtd.log" \
     /usr/sbin/libvirtd -d --pid-file "$LAB_RUN/lab-libvirtd.pid"
 fi
+# sshd runs every session's command through root's bash, and bash run by sshd reads ~/.bashrc. This machine's own
+# (pyenv init and the like: 0.2 s per command here, so per Ansible task) is not what a hypervisor host or a collector
+# runs: an empty one is bound over it, in this mount namespace only (the machine's file stays as it is).
+home=$(getent passwd root | cut -d: -f6)
+if [ -f "$home/.bashrc" ]; then
+  printf '# root'"'"'s ~/.bashrc on lab host %s: empty (lab/host-init.sh)\n' "$role" > "$H/bashrc"
+  mount -n --bind "$H/bashrc" "$home/.bashrc"
+fi
 exec /usr/sbin/sshd -D -e -f "$H/sshd_config"
