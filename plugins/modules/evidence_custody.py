@@ -75,6 +75,16 @@ options:
       - A custody log this one continues. When O(path) does not exist yet, that log's chain is verified and its bytes
         are copied first, then O(events) follow; when it exists, it must begin with that log's bytes.
     type: path
+  keep_copies:
+    description:
+      - Files copied byte for byte into the log's folder under their own names, after the records are appended (for
+        example the volume's C(manifest.json) and C(SHA256SUMS), which the report and the signatures cover beside
+        the log).
+      - A copy that already holds the same bytes is left as it is; one that differs is replaced whole (written, then
+        renamed, fsynced). Only with O(state=appended), and not when O(create=false) left a missing log so.
+    type: list
+    elements: path
+    default: []
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
 attributes:
@@ -127,6 +137,11 @@ appended:
   description: Number of records appended.
   returned: when O(state=appended)
   type: int
+copied:
+  description: The copies of O(keep_copies) written (or that would be, in check mode); those already equal are left out.
+  returned: when O(state=appended)
+  type: list
+  elements: str
 imported:
   description: Whether the log of O(continue_from) was copied in first.
   returned: when O(state=appended)
@@ -149,6 +164,8 @@ broken_at:
   type: int
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
@@ -170,10 +187,12 @@ def main():
             controller=dict(type="dict", default={}),
             continue_from=dict(type="path"),
             create=dict(type="bool", default=True),
+            keep_copies=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    result = {"changed": False}
     try:
         if p["state"] == "verified":
             result = custody.verify(p["path"])
@@ -182,8 +201,11 @@ def main():
             result = custody.append(p["path"], p["case_id"], p["events"], controller=p["controller"],
                                     continue_from=p["continue_from"], check_mode=module.check_mode,
                                     create=p["create"])
+            result["copied"] = [] if result.get("missing") else custody.keep_copies(
+                os.path.dirname(result["path"]), p["keep_copies"], check_mode=module.check_mode)
+            result["changed"] = result["changed"] or bool(result["copied"])
     except VmcollectError as exc:
-        fail_module(module, exc, changed=False)
+        fail_module(module, exc, changed=result["changed"])
     module.exit_json(**result)
 
 

@@ -227,8 +227,10 @@ def test_the_run_ends_with_a_summary_and_no_empty_plays(iscsi):
 
 
 def test_evidence_on_the_volume_verifies_and_equals_the_disks(iscsi, lab):
-    """Read independently of the collection: sha256sum -c, qemu-img compare with the disks, the RAM marker."""
+    """Read independently of the collection: sha256sum -c, qemu-img compare with the disks, the RAM marker; the
+    collector's records hold the volume's manifest and SHA256SUMS byte for byte."""
     disks = " ".join("'%s'" % d["path"] for d in lab["guest"]["disks"])
+    records = os.path.join(iscsi["work"], "collector", CASE, "records-kvm1")
     script = """cd "$MNT"
 sha256sum -c --strict SHA256SUMS
 for d in %s; do
@@ -236,10 +238,12 @@ for d in %s; do
   qemu-img compare -U "$d" "$copy"
 done
 grep -c -a '%s' */memory-*.raw
-""" % (disks, lab["guest"]["marker"])
+cmp manifest.json '%s/manifest.json' && cmp SHA256SUMS '%s/SHA256SUMS' && echo RECORDS-EQUAL
+""" % (disks, lab["guest"]["marker"], records, records)
     result = _read_volume(iscsi["backing"], script)
     assert result.returncode == 0, result.stdout
     assert result.stdout.count(": OK") >= 3 and "Images are identical." in result.stdout
+    assert "RECORDS-EQUAL" in result.stdout
 
 
 VERIFY_TAMPERED = """\

@@ -19,7 +19,8 @@ appended to it, and the error names the line.
 A log can continue another (:func:`append` with ``continue_from``): the collector's log of a volume starts as a
 byte-for-byte copy of the log the hypervisor host wrote on the volume (whose chain is verified first) and goes on
 with the detach, the read-only switch and each verification. A later run checks that the log it continues still
-begins with that copy.
+begins with that copy. :func:`keep_copies` puts byte-for-byte copies of the files its records name (the volume's
+manifest and SHA256SUMS) beside it, in the same module run.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -39,7 +40,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     CustodyError, DestinationError, InvalidInputError)
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.record import (
     DIR_MODE, FILE_MODE, record_line)
-from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import fsync_dir, make_dirs, missing_dirs
+from ansible_collections.dfir.vmcollect.plugins.module_utils._host.fsutil import (
+    fsync_dir, make_dirs, missing_dirs, write_atomic)
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import utc_now
 from ansible_collections.dfir.vmcollect.plugins.module_utils._version import VERSION
 
@@ -213,6 +215,43 @@ def append(path, case_id, events, controller=None, continue_from=None, check_mod
         fsync_dir(folder)
     return {"changed": bool(blob), "path": path, "created": created, "imported": imported, "first_seq": first,
             "appended": len(new), "records": seq, "last_sha256": prev, "created_folders": missing}
+
+
+def keep_copies(folder, sources, check_mode=False):
+    """Copy each file of ``sources`` byte for byte into ``folder`` under its own name (mode :data:`FILE_MODE`, written
+    whole then renamed, fsynced). A copy that already holds the same bytes is left as it is; one that differs is
+    replaced (a later run of the case made the file anew). Returns the copies written (or that would be)."""
+    written = []
+    for source in sources or []:
+        if not isinstance(source, str) or not os.path.isabs(source):
+            raise InvalidInputError("The file to keep a copy of, %r, is not an absolute path. Nothing was copied."
+                                    % (source,))
+        dest = os.path.join(folder, os.path.basename(os.path.normpath(source)))
+        try:
+            with open(source, "rb") as f:
+                data = f.read(_MAX_LOG + 1)
+        except (IOError, OSError) as exc:
+            raise DestinationError("%s cannot be read to keep a copy with the custody log: %s."
+                                   % (source, exc.strerror), failed_path=source)
+        if len(data) > _MAX_LOG:
+            raise CustodyError("%s is larger than %d bytes; it is not a record of this collection to keep with the "
+                               "custody log." % (source, _MAX_LOG), failed_path=source)
+        try:
+            with open(dest, "rb") as f:
+                same = f.read(len(data) + 1) == data
+        except (IOError, OSError):
+            same = False
+        if same:
+            continue
+        written.append(dest)
+        if check_mode:
+            continue
+        try:
+            write_atomic(dest, data, mode=FILE_MODE)
+        except (IOError, OSError) as exc:
+            raise DestinationError("The copy %s of %s cannot be written: %s." % (dest, source, exc.strerror),
+                                   failed_path=dest)
+    return written
 
 
 def _check_case(records, case_id, path):

@@ -72,7 +72,8 @@ def fsync_dir(path):
 
 
 def write_atomic(path, text, durable=True, mode=0o644):
-    """Replace ``path`` with ``text``: temporary file beside it, (fsync), rename, (fsync of the folder).
+    """Replace ``path`` with ``text`` (str, written as UTF-8, or bytes as they are): temporary file beside it, (fsync),
+    rename, (fsync of the folder).
 
     A reader sees the old content or the new, never a mix; with ``durable`` the new content
     survives a crash once this returns.
@@ -80,7 +81,10 @@ def write_atomic(path, text, durable=True, mode=0o644):
     tmp = "%s.%d.tmp" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
     try:
-        os.write(fd, text.encode("utf-8"))
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         if durable:
             os.fsync(fd)
     except BaseException:

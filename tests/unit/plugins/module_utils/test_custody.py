@@ -127,3 +127,32 @@ def test_create_false_leaves_a_missing_log_missing(tmp_path):
     assert out["missing"] and not out["changed"] and not (tmp_path / "no-case").exists()
     c.append(path, "case-1", [ev("plan")])
     assert c.append(path, "case-1", [ev("teardown")], create=False)["first_seq"] == 2
+
+
+def test_keep_copies_writes_byte_for_byte_once_and_replaces_a_changed_copy(tmp_path):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "manifest.json").write_bytes(b'{"artifacts": {}}\n')
+    (volume / "SHA256SUMS").write_bytes(b"\x00binary \xff bytes\n")
+    records = tmp_path / "records"
+    records.mkdir()
+    sources = [str(volume / "manifest.json"), str(volume / "SHA256SUMS")]
+    assert c.keep_copies(str(records), sources, check_mode=True) == [str(records / "manifest.json"),
+                                                                     str(records / "SHA256SUMS")]
+    assert not list(records.iterdir())
+    assert c.keep_copies(str(records), sources) == [str(records / "manifest.json"), str(records / "SHA256SUMS")]
+    for name in ("manifest.json", "SHA256SUMS"):
+        assert raw(str(records / name)) == raw(str(volume / name))
+        assert (records / name).stat().st_mode & 0o777 == 0o640
+    assert c.keep_copies(str(records), sources) == []
+    (volume / "manifest.json").write_bytes(b'{"artifacts": {"a": 1}}\n')
+    assert c.keep_copies(str(records), sources) == [str(records / "manifest.json")]
+    assert raw(str(records / "manifest.json")) == b'{"artifacts": {"a": 1}}\n'
+    assert sorted(p.name for p in records.iterdir()) == ["SHA256SUMS", "manifest.json"]
+
+
+def test_keep_copies_refuses_a_relative_or_missing_file(tmp_path):
+    with pytest.raises(InvalidInputError, match="not an absolute path"):
+        c.keep_copies(str(tmp_path), ["manifest.json"])
+    with pytest.raises(Exception, match="cannot be read"):
+        c.keep_copies(str(tmp_path), [str(tmp_path / "nope" / "manifest.json")])
