@@ -222,6 +222,11 @@ def keep_copies(folder, sources, check_mode=False):
     whole then renamed, fsynced). A copy that already holds the same bytes is left as it is; one that differs is
     replaced (a later run of the case made the file anew). Returns the copies written (or that would be)."""
     written = []
+    names = [os.path.basename(os.path.normpath(s)) if isinstance(s, str) else s for s in sources or []]
+    twice = sorted(set(n for n in names if names.count(n) > 1))
+    if twice:
+        raise InvalidInputError("Two files to keep a copy of have the same name (%s): each copy is named after its file. "
+                                "Nothing was copied." % ", ".join(str(n) for n in twice))
     for source in sources or []:
         if not isinstance(source, str) or not os.path.isabs(source):
             raise InvalidInputError("The file to keep a copy of, %r, is not an absolute path. Nothing was copied."

@@ -156,3 +156,5 @@ def test_keep_copies_refuses_a_relative_or_missing_file(tmp_path):
         c.keep_copies(str(tmp_path), ["manifest.json"])
     with pytest.raises(Exception, match="cannot be read"):
         c.keep_copies(str(tmp_path), [str(tmp_path / "nope" / "manifest.json")])
+    with pytest.raises(InvalidInputError, match="same name"):
+        c.keep_copies(str(tmp_path), [str(tmp_path / "a" / "SHA256SUMS"), str(tmp_path / "b" / "SHA256SUMS")])
