@@ -100,16 +100,16 @@ def parse(data, path="the custody log"):
     return out
 
 
-def _read(path):
+def _read(path, what="custody log"):
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_LOG + 1)
     except IOError as exc:
         if exc.errno == errno.ENOENT:
             return None
-        raise CustodyError("The custody log %s cannot be read: %s." % (path, exc.strerror), failed_path=path)
+        raise CustodyError("The %s %s cannot be read: %s." % (what, path, exc.strerror), failed_path=path)
     if len(data) > _MAX_LOG:
-        raise CustodyError("%s is larger than %d bytes; it is not a custody log of this collection." % (path, _MAX_LOG),
+        raise CustodyError("%s is larger than %d bytes; it is not a %s of this collection." % (path, _MAX_LOG, what),
                            failed_path=path)
     return data
 
@@ -221,26 +221,23 @@ def keep_copies(folder, sources, check_mode=False):
     """Copy each file of ``sources`` byte for byte into ``folder`` under its own name (mode :data:`FILE_MODE`, written
     whole then renamed, fsynced). A copy that already holds the same bytes is left as it is; one that differs is
     replaced (a later run of the case made the file anew). Returns the copies written (or that would be)."""
-    written = []
-    names = [os.path.basename(os.path.normpath(s)) if isinstance(s, str) else s for s in sources or []]
-    twice = sorted(set(n for n in names if names.count(n) > 1))
-    if twice:
-        raise InvalidInputError("Two files to keep a copy of have the same name (%s): each copy is named after its file. "
-                                "Nothing was copied." % ", ".join(str(n) for n in twice))
-    for source in sources or []:
+    sources = list(sources or [])
+    for source in sources:
         if not isinstance(source, str) or not os.path.isabs(source):
             raise InvalidInputError("The file to keep a copy of, %r, is not an absolute path. Nothing was copied."
                                     % (source,))
-        dest = os.path.join(folder, os.path.basename(os.path.normpath(source)))
-        try:
-            with open(source, "rb") as f:
-                data = f.read(_MAX_LOG + 1)
-        except (IOError, OSError) as exc:
-            raise DestinationError("%s cannot be read to keep a copy with the custody log: %s."
-                                   % (source, exc.strerror), failed_path=source)
-        if len(data) > _MAX_LOG:
-            raise CustodyError("%s is larger than %d bytes; it is not a record of this collection to keep with the "
-                               "custody log." % (source, _MAX_LOG), failed_path=source)
+    names = [os.path.basename(os.path.normpath(source)) for source in sources]
+    twice = sorted(set(name for name in names if names.count(name) > 1))
+    if twice:
+        raise InvalidInputError("Two files to keep a copy of have the same name (%s): each copy is named after its file. "
+                                "Nothing was copied." % ", ".join(twice))
+    written = []
+    for source, name in zip(sources, names):
+        data = _read(source, "record to keep with the custody log")
+        if data is None:
+            raise DestinationError("%s cannot be read to keep a copy with the custody log: it does not exist."
+                                   % source, failed_path=source)
+        dest = os.path.join(folder, name)
         try:
             with open(dest, "rb") as f:
                 same = f.read(len(data) + 1) == data

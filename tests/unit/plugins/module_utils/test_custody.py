@@ -158,3 +158,12 @@ def test_keep_copies_refuses_a_relative_or_missing_file(tmp_path):
         c.keep_copies(str(tmp_path), [str(tmp_path / "nope" / "manifest.json")])
     with pytest.raises(InvalidInputError, match="same name"):
         c.keep_copies(str(tmp_path), [str(tmp_path / "a" / "SHA256SUMS"), str(tmp_path / "b" / "SHA256SUMS")])
+
+
+def test_keep_copies_checks_every_path_before_copying_any(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b"{}\n")
+    records = tmp_path / "records"
+    records.mkdir()
+    with pytest.raises(InvalidInputError, match="Nothing was copied"):
+        c.keep_copies(str(records), [str(tmp_path / "manifest.json"), "SHA256SUMS"])
+    assert not list(records.iterdir())
