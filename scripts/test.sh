@@ -28,8 +28,14 @@ lab_down() {
 trap 'lab_down' EXIT
 bash lab/up.sh
 
+stage "the lab's own life cycle (down and up again: alone)"
+VMCOLLECT_REQUIRE_LAB=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -ra tests/integration/lab/test_lab_lifecycle.py
+
 stage "unit and integration tests"
-# One pytest run, so its closing line is the count of every test. A missing lab is a failure. Every test phase
-# (set-up, call, teardown) of 10 s or more is listed at the end, to guard the CI budget.
+# One pytest run, so its closing line is the count of every test (but the one above). A missing lab is a failure. Two
+# workers (pytest-xdist): the tests of kvm1 and those of the lab ESXi run at once, each group in its order on one
+# worker (LAB_GROUPS, tests/integration/conftest.py); the unit tests fill in. Every test phase (set-up, call,
+# teardown) of 10 s or more is listed at the end, to guard the CI budget.
 VMCOLLECT_REQUIRE_LAB=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -ra --durations=0 --durations-min=10 \
-  tests/unit tests/integration
+  -n "${VMCOLLECT_TEST_WORKERS:-2}" --dist loadgroup \
+  --ignore=tests/integration/lab/test_lab_lifecycle.py tests/unit tests/integration

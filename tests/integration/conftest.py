@@ -24,6 +24,63 @@ VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 
 
+# What of the lab each test file uses, so that scripts/test.sh runs two groups at once (pytest-xdist, ``-n 2 --dist
+# loadgroup``): a group's tests run one after another on one worker, in their order. "kvm1": kvm1, its guests and
+# libvirtd, and collector1 on the collector role's default control port 60. "esx1": the lab ESXi (the simulator, its
+# shell, the storage beds of their own namespaces) and collector1 on control port 70 (see
+# test_acquire_esxi_iscsi.CONTROL_PORT; each tgtd has its portal on its own storage address). None: nothing shared
+# (localhost, a daemon of its own on a free port): any worker, any time. "alone": brings the lab down and up, so it
+# never runs beside anything (scripts/test.sh runs it on its own first). A file missing here fails the collection:
+# say what it uses.
+LAB_GROUPS = {
+    "test_lab.py": "kvm1", "test_acquire_kvm.py": "kvm1", "test_acquire_kvm_iscsi.py": "kvm1",
+    "test_case_records.py": "kvm1", "test_iscsi_target_secrets.py": "kvm1", "test_memory_layout.py": "kvm1",
+    "test_targets.py": "kvm1",
+    "test_acquire_esxi.py": "esx1", "test_acquire_esxi_iscsi.py": "esx1", "test_acquire_esxi_ssh.py": "esx1",
+    "test_datastore_fetch.py": "esx1", "test_esxi_iscsi_datastore.py": "esx1",
+    "test_esxi_iscsi_datastore_ssh.py": "esx1", "test_esxi_snapshot_ssh.py": "esx1", "test_vmfs_reader.py": "esx1",
+    "test_vmkfstools_clone.py": "esx1", "test_vmkfstools_clone_ssh.py": "esx1", "test_vsphere_modules.py": "esx1",
+    "lab/test_esxi_shell.py": "esx1", "lab/test_sesparse.py": "esx1", "lab/test_vcsim_esx.py": "esx1",
+    "lab/test_vcsim_lab.py": "esx1", "lab/test_vcsim_storage.py": "esx1",
+    "test_ssh_client.py": None, "test_verify_evidence_signed.py": None,
+    "lab/test_lab_lifecycle.py": "alone",
+}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def lab_group(path):
+    """The LAB_GROUPS entry of a test file (a path), raising a usage error for a file of this folder not in it;
+    False for a file elsewhere (a unit test)."""
+    name = os.path.relpath(os.path.abspath(path), HERE)
+    if name.startswith(".."):
+        return False
+    if name not in LAB_GROUPS:
+        raise pytest.UsageError("%s is not in LAB_GROUPS (tests/integration/conftest.py): say which of the lab's hosts "
+                                "it uses, so that it never runs beside a test using them too" % name)
+    return LAB_GROUPS[name]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if lab_group(str(item.fspath)) == "alone" and os.environ.get("PYTEST_XDIST_WORKER"):
+            raise pytest.UsageError("%s brings the lab down and up: run it on its own, not with -n" % item.fspath)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup by LAB_GROUPS: the scope of a test is its file's group, or its file when it has none.
+    xdist's own loadgroup reads xdist_group marks into the node ids, which pytest 9.2 no longer takes."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::")[0]
+            return lab_group(os.path.join(str(config.rootpath), path)) or path
+
+    return LabGroupScheduling(config, log)
+
+
 def _lab_missing(reason):
     if os.environ.get("VMCOLLECT_REQUIRE_LAB") == "1":
         pytest.fail("the lab is required (VMCOLLECT_REQUIRE_LAB=1) but %s" % reason, pytrace=False)

@@ -42,8 +42,15 @@ def _as_found(after, before):
     return after == before
 
 
+# collector1's tgtd for the ESXi cases: a control port of their own, so that they run beside the KVM iSCSI cases
+# (tests/integration/conftest.py, groups), whose tgtd takes the role's default 60 (both portals are port 3260, each on
+# its own storage address)
+CONTROL_PORT = 70
+
+
 def _args(work, case=CASE, cjournal="cjournal"):
     return ["-e", "vmcollect_transport=iscsi", "-e", "esxi_acquire_case_id=" + case,
+            "-e", "collector_control_port=%d" % CONTROL_PORT,
             "-e", json.dumps({"esxi_acquire_examiner": "CI examiner"}), "-e", json.dumps({"esxi_acquire_vms": [VM]}),
             "-e", json.dumps({"esxi_acquire_algorithms": ["sha256", "md5"]}),
             "-e", "esxi_acquire_evidence_dir=%s/evidence" % work, "-e", "esxi_acquire_journal_dir=%s/journal" % work,
@@ -187,7 +194,7 @@ def _collector_traces(lab, work, case):
         if os.path.exists(os.path.join(work, journal, case)):
             traces.append("journal folder %s/%s" % (journal, case))
     try:
-        traces += ["target " + t["name"] for t in TgtClient(60).targets() if case in t["name"]]
+        traces += ["target " + t["name"] for t in TgtClient(CONTROL_PORT).targets() if case in t["name"]]
     except Exception:  # pylint: disable=broad-except
         pass  # no tgtd: no target
     loops = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=True, stdout=subprocess.PIPE,
@@ -255,7 +262,7 @@ def test_a_login_the_collector_refuses_fails_the_attach_and_leaves_both_hosts_cl
     attach): the host's login is refused, the datastore is never made, and the run's own cleanup restores both hosts."""
     work, case = acquisition["work"], "case-esxi-iscsi-chap"
     before = host_state(esx)
-    tgt = TgtClient(60)
+    tgt = TgtClient(CONTROL_PORT)
 
     def exported():
         try:

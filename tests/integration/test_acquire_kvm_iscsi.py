@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.names import derive_iqn
+from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi.target import firewall_table
 from conftest import ROOT, ansible_env, case_journal_records, pending_at_work, sha256_file
 from test_iscsi_target_secrets import Sampler
 
@@ -84,7 +86,9 @@ def _host_traces(lab, work, case):
             traces.append("process: " + line.strip())
     ruleset = subprocess.run(["ip", "netns", "exec", lab["hosts"][1]["netns"], "nft", "list", "tables"], check=False,
                              stdout=subprocess.PIPE, universal_newlines=True).stdout
-    traces += ["nft table on the collector: " + t for t in ruleset.splitlines() if "vmcollect" in t]
+    # the case's own table (an ESXi case may run on collector1 at the same time: tests/integration/conftest.py)
+    table = firewall_table(derive_iqn(case, "kvm1"), 60)
+    traces += ["nft table on the collector: " + t for t in ruleset.splitlines() if t.split()[-1:] == [table]]
     for i in (0, 1):
         mounts = _ssh(lab, i, "cat /proc/self/mountinfo").stdout
         traces += ["mount on host %d: %s" % (i, m) for m in mounts.splitlines() if work in m]
