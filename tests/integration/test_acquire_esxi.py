@@ -274,8 +274,9 @@ def test_kill_after_the_snapshot_then_teardown_restores_the_host(acquisition, la
         proc.wait()
         proc.stdout.close()
     assert host_state(esx) != before  # the snapshot is there
-    td = ansible_playbook(TEARDOWN, "-e", "vmcollect_hosts=esxi_hosts", "-e", "vmcollect_case_id=case-esxi-kill",
-                          "-e", "vmcollect_journal_dir=" + journal)
+    # with the acquisition's own variables (esxi_acquire_case_id, esxi_acquire_journal_dir), as an AWX workflow's
+    # teardown node gets them
+    td = ansible_playbook(TEARDOWN, "-e", "vmcollect_hosts=esxi_hosts", *args)
     assert td.returncode == 0, td.stdout[-5000:]
     assert "removed" in td.stdout.lower() or "snapshot" in td.stdout
     deadline = time.monotonic() + 30

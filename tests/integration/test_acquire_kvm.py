@@ -244,6 +244,20 @@ KILL_POINTS = {
 SLOW_KILL_POINTS = ("after-the-freeze", "during-the-copy-of-vda", "during-the-copy-of-vdb")  # outside the CI budget (the iSCSI test kills a copy in CI)
 
 
+@pytest.mark.parametrize("given, says", [
+    (["-e", "kvm_acquire_case_id=case-a", "-e", "esxi_acquire_case_id=case-b"],
+     "Two different cases were named (case-a, case-b): name one. Nothing was changed."),
+    (["-e", "vmcollect_case_id=case-a", "-e", "kvm_acquire_case_id=case-b"],
+     "Two different cases were named (case-a, case-b): name one. Nothing was changed."),
+    ([], "Set vmcollect_case_id (or the acquisition's kvm_acquire_case_id or esxi_acquire_case_id) to the case whose "
+         "changes to undo (letters, digits, '.', '_' and '-'). Nothing was changed."),
+], ids=["kvm-and-esxi-ids", "teardown-and-kvm-ids", "none"])
+def test_teardown_names_one_case_or_changes_nothing(lab, ansible_playbook, given, says):
+    result = ansible_playbook(os.path.join(ROOT, "playbooks", "teardown.yml"), "-e", "vmcollect_hosts=kvm_hosts", *given)
+    assert result.returncode != 0 and says in result.stdout, result.stdout[-3000:]
+    assert "TASK [Undo the case's journaled changes" not in result.stdout  # refused before the teardown module ran
+
+
 @pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_KILL_POINTS else p
                                    for p in sorted(KILL_POINTS)])
 def test_kill_9_at_each_step_then_one_teardown_then_the_same_case_completes(acquisition, lab, ansible_playbook, point):
@@ -336,7 +350,9 @@ def test_libvirtd_restarted_mid_run(acquisition, lab):
 
 
 def test_shut_off_vm_with_spaces_and_quotes_disk_only(acquisition, lab, ansible_playbook, tmp_path):
-    """A VM that is not running: its disks are acquired as they are, no RAM, recorded; nothing on the host changes."""
+    """A VM that is not running: its disks are acquired as they are, no RAM, recorded; nothing on the host changes.
+    The VM is named as an AWX survey's textarea answer gives it: a string, one name per line, blank lines and the
+    spaces around the name dropped, the name's own spaces and quotes kept."""
     name = 'vmc-e2e off "Windows XP" it\'s'
     folder = os.path.join(lab["work_dir"], "e2e-off")
     os.makedirs(folder, exist_ok=True)
@@ -355,7 +371,8 @@ def test_shut_off_vm_with_spaces_and_quotes_disk_only(acquisition, lab, ansible_
             disk_sha = hashlib.sha256(f.read()).hexdigest()
         args = list(acquisition["args"])
         args[args.index("kvm_acquire_case_id=case-e2e-1")] = "kvm_acquire_case_id=case-e2e-off"
-        args[args.index(json.dumps({"kvm_acquire_vms": [lab["guest"]["name"]]}))] = json.dumps({"kvm_acquire_vms": [name]})
+        args[args.index(json.dumps({"kvm_acquire_vms": [lab["guest"]["name"]]}))] = json.dumps(
+            {"kvm_acquire_vms": "\n  %s \n\n" % name})
         result = ansible_playbook(PLAYBOOK, *args)
         assert result.returncode == 0, result.stdout[-5000:]
         assert "RAM: not captured (the VM is shut off)" in result.stdout
@@ -491,7 +508,7 @@ REFUSALS = {
     # name: (extra variables over the e2e case's, what the refusal must say)
     "relative-evidence-dir": ({"kvm_acquire_evidence_dir": "evidence-relative"}, "kvm_acquire_evidence_dir must be an absolute path"),
     "relative-journal-dir": ({"kvm_acquire_journal_dir": "journal-relative"}, "kvm_acquire_journal_dir must be an absolute path"),
-    "vms-not-a-list": ({"kvm_acquire_vms": "GUEST"}, "kvm_acquire_vms must be a list"),
+    "vms-blank": ({"kvm_acquire_vms": " \n\n "}, "kvm_acquire_vms must name at least one VM (a list, or one name per line)"),
     "unknown-vm-second": ({"kvm_acquire_vms": ["GUEST", "vmc-no-such-vm"]}, "The VM 'vmc-no-such-vm' does not exist"),
     "unknown-memory-method": ({"kvm_acquire_memory_method": "fast"}, "kvm_acquire_memory_method must be one of"),
     "unknown-algorithm": ({"kvm_acquire_algorithms": ["sha999"]}, "kvm_acquire_algorithms must be one or more of"),

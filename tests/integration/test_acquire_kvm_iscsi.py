@@ -441,9 +441,11 @@ def _kill_when(lab, args, ready, seconds=300):
         proc.wait()
 
 
-def _teardown_once(lab, work, case):
-    result = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), TEARDOWN,
-                             "-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=%s/journal" % work],
+def _teardown_once(lab, work, case, args=None):
+    """playbooks/teardown.yml once, with vmcollect_case_id and vmcollect_journal_dir, or with the acquisition's own
+    extra variables (args) as an AWX workflow's teardown node gets them."""
+    given = args or ["-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=%s/journal" % work]
+    result = subprocess.run([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), TEARDOWN] + given,
                             env=ansible_env(lab), cwd=ROOT, check=False, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:]
@@ -490,7 +492,7 @@ def test_kill_9_during_a_copy_onto_the_lun_one_teardown_then_the_same_case_compl
     args = _args(lab, work, case, [throttled_vm], memory="none")
     journal = os.path.join(work, "journal", case)
     _kill_when(lab, args, lambda: pending_at_work(case_journal_records(journal), "evidence_copy"))
-    teardown = _teardown_once(lab, work, case)
+    teardown = _teardown_once(lab, work, case, args)  # the acquisition's own variables: kvm_acquire_case_id, ...
     assert re.search(r"(stopped|killed) evidence_copy \(pid \d+\)", teardown.stdout), teardown.stdout
     assert "busy" not in teardown.stdout
     assert _host_traces(lab, work, case) == []
@@ -540,6 +542,7 @@ def test_kill_9_during_the_collectors_verification_one_teardown_then_the_same_ca
 
 @pytest.mark.parametrize("extra, says", [
     ({"kvm_acquire_vms": ["vmc-no-such-vm"]}, "The VM 'vmc-no-such-vm' does not exist"),
+    ({"kvm_acquire_vms": " \n \n"}, "kvm_acquire_vms must name at least one VM (a list, or one name per line)"),
     ({"kvm_acquire_memory_method": "fast"}, "kvm_acquire_memory_method must be one of"),
     ({"kvm_acquire_examiner": ""}, "missing required arguments: kvm_acquire_examiner"),
 ])
@@ -561,6 +564,20 @@ def test_each_refusal_in_iscsi_mode_comes_before_any_change_on_any_host(iscsi, l
     assert "collector1" not in result.stdout.split("PLAY RECAP")[-1]  # the collector was never touched
     assert sorted(os.listdir(work)) == listing and not os.path.exists(os.path.join(work, "collector", case))
     assert _host_traces(lab, work, case) == []
+
+
+def test_a_limit_that_leaves_out_the_collector_is_refused_before_any_change(iscsi, lab, ansible_playbook):
+    """An AWX job template's Limit (or --limit) that names the hypervisor host alone: the collector's plays would match
+    no host and export no LUN, so the run is refused in its first play, saying so, before any change."""
+    work = iscsi["work"]
+    case = "case-iscsi-limit"
+    listing = sorted(os.listdir(work))
+    result = ansible_playbook(PLAYBOOK, "--limit", "kvm1", *_args(lab, work, case, [lab["guest"]["name"]]))
+    assert result.returncode != 0, result.stdout[-4000:]
+    assert ("The collector collector1 is outside this run's limit (kvm1): the iSCSI transport needs it in the run. "
+            "Add it to the limit (in AWX, the job template's Limit). Nothing was changed on any host.") in result.stdout
+    assert _recap(result.stdout, "kvm1")["changed"] == 0
+    assert sorted(os.listdir(work)) == listing and _host_traces(lab, work, case) == []
 
 
 def test_storage_link_down_at_the_attach_says_so_and_keeps_no_empty_volume(iscsi, lab, ansible_playbook):
