@@ -238,7 +238,7 @@ def test_a_timeout_when_the_process_id_never_arrives(fake):
         started = time.monotonic()
         with pytest.raises(SshTimeout) as caught:
             client.run(["sleep", "30"], timeout=0.5)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 10  # unbounded, it would wait for ever: a loaded machine's margin
     assert caught.value.message == (
         "The command `sleep 30` on 127.0.0.1:%d did not end within 0.5 s; its process id never arrived, so it could "
         "not be stopped; it may still be running there (look with `ps`)." % server.port)
@@ -248,11 +248,11 @@ def test_a_timeout_when_the_process_id_never_arrives(fake):
 def test_an_exec_request_without_an_answer_is_bounded_too(fake):
     server = fake()
     with server.client() as client:
-        server.server.block = 1.5
+        server.server.block = 6
         started = time.monotonic()
         with pytest.raises(SshTimeout) as caught:
             client.run(["vim-cmd", "vmsvc/getallvms"], timeout=0.5)
-        assert time.monotonic() - started < 1.2
+        assert time.monotonic() - started < 5  # well before the answer the server holds back for 6 s
     assert caught.value.message == (
         "The command `vim-cmd vmsvc/getallvms` on 127.0.0.1:%d did not end within 0.5 s: the host did not even "
         "confirm that it started it; if it did, it may still be running there (look with `ps`)." % server.port)
