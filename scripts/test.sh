@@ -11,25 +11,44 @@ stage() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - T0 ))"; }
 
 stage "setup: apt packages and .venv"
 scripts/setup.sh
-stage "ansible-test sanity"
-scripts/sanity.sh
-stage "ansible-lint, shellcheck"
-scripts/lint.sh
-stage "collection build and ansible-doc"
-scripts/build.sh
-
-stage "lab up"
+# ansible-test sanity keeps one core busy for minutes: it runs beside the lint, the build and the lab's set-up, on
+# the other core, and its output is printed once it has ended (before the tests, which need both cores)
+SANITY_LOG=$(mktemp "${TMPDIR:-/tmp}/vmcollect-sanity-log.XXXXXX")
+stage "ansible-test sanity, in the background (its output follows when it ends)"
+setsid scripts/sanity.sh > "$SANITY_LOG" 2>&1 &  # a process group of its own, to stop it whole
+SANITY_PID=$!
+sanity_result() {
+  local rc=0
+  wait "$SANITY_PID" || rc=$?
+  cat "$SANITY_LOG"
+  rm -f "$SANITY_LOG"
+  if [ "$rc" -ne 0 ]; then echo "ansible-test sanity failed (exit $rc)"; fi
+  return "$rc"
+}
 mkdir -p "$LAB_DIR"
 lab_down() {
   echo "=== lab down (log: $LAB_DIR/logs/down-after-test.log)"
   mkdir -p "$LAB_DIR/logs"
   bash lab/down.sh > "$LAB_DIR/logs/down-after-test.log" 2>&1 || { tail -20 "$LAB_DIR/logs/down-after-test.log"; return 1; }
 }
-trap 'lab_down' EXIT
+# whatever fails first, the sanity run is not left behind, and a lab that began to come up comes down
+LAB_STARTED=0
+trap 'kill -- "-$SANITY_PID" 2>/dev/null || true; if [ "$LAB_STARTED" = 1 ]; then lab_down; fi' EXIT
+
+stage "ansible-lint, shellcheck"
+scripts/lint.sh
+stage "collection build and ansible-doc"
+scripts/build.sh
+
+stage "lab up"
+LAB_STARTED=1
 bash lab/up.sh
 
 stage "the lab's own life cycle (down and up again: alone)"
 VMCOLLECT_REQUIRE_LAB=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -ra tests/integration/lab/test_lab_lifecycle.py
+
+stage "ansible-test sanity: its output"
+sanity_result
 
 stage "unit and integration tests"
 # One pytest run, so its closing line is the count of every test (but the one above). A missing lab is a failure. Two

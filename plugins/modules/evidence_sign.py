@@ -21,8 +21,19 @@ description:
   - A signature that already verifies for the file's current bytes with this key and principal is left as it is;
     one that does not (the custody log grew since it was signed) is replaced. Each signature is made in a private
     temporary folder, checked against the file, and then put in place atomically.
+  - With O(state=signed) and no O(files), nothing is signed; it reads the key (RV(fingerprint), RV(key_type),
+    RV(allowed_signers_line), RV(command)) and, unless in check mode, proves that the key signs without a prompt by
+    signing a probe in a private temporary folder, checked there and removed (RV(probed)). Nothing is written
+    elsewhere. This refuses a key that cannot sign before anything is acquired.
   - With O(state=verified), runs C(ssh-keygen -Y verify) for each file against O(dir)/C(allowed_signers) and fails
     naming every file whose signature is missing or does not verify, with what ssh-keygen said. It only reads.
+  - With O(state=placed), puts signatures made elsewhere (O(signatures), what O(state=signed) returned in
+    RV(content) on the controller) beside the records O(files) in O(dir), then verifies every record there as
+    O(state=verified) does. Each given signature is first checked against the record's bytes where it lies; one that
+    does not verify (the record changed since it was read to be signed) fails the task before anything is written.
+    A signature already there that verifies with the given C(allowed_signers) is kept. C(examiner.pub) and
+    C(allowed_signers) are written when missing; a folder whose own name another signer or key is refused. Files
+    are written with mode C(0640), each whole, then renamed.
   - C(ssh-keygen) runs without a terminal, with stdin closed and no askpass program, within O(timeout). A key that
     needs a passphrase is used only through C(ssh-agent) (C(SSH_AUTH_SOCK)); without one, the module fails at once
     and says so, it never waits for a prompt.
@@ -34,16 +45,24 @@ options:
   state:
     description:
       - V(signed) signs the files (and writes C(examiner.pub) and C(allowed_signers)); V(verified) verifies their
-        signatures.
+        signatures; V(placed) puts signatures made elsewhere beside them and verifies them.
     type: str
-    choices: [signed, verified]
+    choices: [signed, verified, placed]
     default: signed
   files:
     description:
       - Absolute paths of the records to sign or verify (not their C(.sig) files).
+      - With O(state=signed), an empty list signs nothing and only proves the key signs (see the description).
     type: list
     elements: path
     required: true
+  signatures:
+    description:
+      - With O(state=placed), the files to put in O(dir), name to text, as O(state=signed) returns them in
+        RV(content) - C(<record>.sig) for each record of O(files) that has no signature there yet,
+        C(examiner.pub) and C(allowed_signers). Signatures are not secret.
+      - Any other name is refused.
+    type: dict
   dir:
     description:
       - The folder of C(examiner.pub) and C(allowed_signers).
@@ -60,7 +79,8 @@ options:
     description:
       - The examiner as named in C(allowed_signers), an e-mail address or a name (with spaces it is quoted there).
       - No line break, double quote, comma, C(*), C(?), or leading C(!) or C(#).
-      - Required with O(state=signed). With O(state=verified), default the only principal C(allowed_signers) names.
+      - Required with O(state=signed). With O(state=verified), default the only principal C(allowed_signers) names;
+        with O(state=placed), the one the given C(allowed_signers) names (if given, it must be that one).
     type: str
   namespace:
     description:
@@ -80,6 +100,8 @@ attributes:
       - With O(state=signed), reports which files it would sign or sign again (RV(files)) and which of
         C(examiner.pub) and C(allowed_signers) it would write (RV(written)), and writes nothing.
       - With O(state=verified), it only reads and runs in full.
+      - With O(state=placed), it checks each given signature against its record and reports what it would write
+        (RV(files), RV(written)), and writes nothing; RV(verified) is then V(null).
   diff_mode:
     support: none
 notes:
@@ -120,6 +142,22 @@ EXAMPLES = r"""
       - /evidence/case-42/manifest.json
       - /evidence/case-42/SHA256SUMS
       - /evidence/case-42/custody.jsonl
+
+- name: Before anything is acquired, prove the key signs without a prompt (nothing is written)
+  dfir.vmcollect.evidence_sign:
+    files: []
+    key: ~/.ssh/id_ed25519.pub
+    principal: jane.doe@example.org
+  delegate_to: localhost
+
+- name: Put the signatures made on the controller (copies of the records fetched there) beside the records
+  dfir.vmcollect.evidence_sign:
+    state: placed
+    files:
+      - /evidence/case-42/manifest.json
+      - /evidence/case-42/SHA256SUMS
+      - /evidence/case-42/custody.jsonl
+    signatures: "{{ signed.content }}"
 """
 
 RETURN = r"""
@@ -141,28 +179,30 @@ files:
       sample: /srv/cases/case-42/custody.jsonl.sig
     action:
       description:
-        - With O(state=signed), V(signed) (it had no signature), V(replaced) (its signature did not verify for its
-          current bytes with this key) or V(kept).
+        - With O(state=signed) or O(state=placed), V(signed) (it had no signature), V(replaced) (its signature did
+          not verify for its current bytes with this key) or V(kept).
       type: str
-      returned: when O(state=signed)
+      returned: when O(state=signed) or O(state=placed)
       sample: replaced
     changed:
-      description: With O(state=signed), whether its signature was (or in check mode would be) written.
+      description: With O(state=signed) or O(state=placed), whether its signature was (or in check mode would be)
+        written.
       type: bool
-      returned: when O(state=signed)
+      returned: when O(state=signed) or O(state=placed)
     reason:
       description: With O(state=signed), what C(ssh-keygen -Y verify) said of the signature it had, or V(null).
       type: str
       returned: when O(state=signed)
       sample: "Signature verification failed: incorrect signature Could not verify signature."
     verified:
-      description: With O(state=verified), whether its signature verified.
+      description: With O(state=verified) or O(state=placed) (not in check mode), whether its signature verified.
       type: bool
-      returned: when O(state=verified)
+      returned: when O(state=verified) or O(state=placed)
     message:
-      description: With O(state=verified), what C(ssh-keygen -Y verify) said (or that a file is missing).
+      description: With O(state=verified) or O(state=placed) (not in check mode), what C(ssh-keygen -Y verify) said
+        (or that a file is missing).
       type: str
-      returned: when O(state=verified)
+      returned: when O(state=verified) or O(state=placed)
       sample: 'Good "dfir.vmcollect@evidence" signature for jane.doe@example.org with ED25519 key SHA256:V/7PLI...'
 principal:
   description: The principal signed or verified for.
@@ -198,17 +238,31 @@ allowed_signers_line:
   sample: jane.doe@example.org namespaces="dfir.vmcollect@evidence" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKlJ...
 examiner_pub:
   description: Path of the C(examiner.pub) file.
-  returned: when O(state=signed)
+  returned: when O(state=signed) with O(files)
   type: str
   sample: /srv/cases/case-42/examiner.pub
 written:
   description: Which of C(allowed_signers) and C(examiner.pub) were (or in check mode would be) written.
-  returned: when O(state=signed)
+  returned: when O(state=signed) or O(state=placed)
   type: list
   elements: str
+content:
+  description:
+    - With O(state=signed) and O(files), not in check mode, the text of each C(<record>.sig), of C(examiner.pub) and
+      of C(allowed_signers) now in O(dir), by name, for O(signatures) of O(state=placed) where the records lie.
+  returned: when O(state=signed) with O(files), not in check mode
+  type: dict
+  sample: {"manifest.json.sig": "-----BEGIN SSH SIGNATURE-----\n...", "examiner.pub": "ssh-ed25519 AAAA... jane",
+           "allowed_signers": "jane namespaces=\"dfir.vmcollect@evidence\" ssh-ed25519 AAAA...\n"}
+probed:
+  description: With O(state=signed) and no O(files), whether a probe was signed (V(false) in check mode).
+  returned: when O(state=signed) without O(files)
+  type: bool
 verified:
-  description: With O(state=verified), whether every signature verified.
-  returned: when O(state=verified)
+  description:
+    - With O(state=verified) or O(state=placed), whether every signature verified (with O(state=placed) in check
+      mode, V(null), as nothing was written to verify).
+  returned: when O(state=verified) or O(state=placed)
   type: bool
 failures:
   description: One sentence per file whose signature is missing or did not verify.
@@ -233,6 +287,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.signing i
     ALLOWED_SIGNERS_NAME,
     DEFAULT_TIMEOUT,
     NAMESPACE,
+    place,
+    probe,
     require_verified,
     sign,
     verify,
@@ -242,20 +298,27 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.signing i
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type="str", choices=["signed", "verified"], default="signed"),
+            state=dict(type="str", choices=["signed", "verified", "placed"], default="signed"),
             files=dict(type="list", elements="path", required=True),
+            signatures=dict(type="dict"),
             dir=dict(type="path"),
             key=dict(type="path", no_log=False),
             principal=dict(type="str"),
             namespace=dict(type="str", default=NAMESPACE),
             timeout=dict(type="float", default=DEFAULT_TIMEOUT),
         ),
-        required_if=[("state", "signed", ("key", "principal"))],
+        required_if=[("state", "signed", ("key", "principal")), ("state", "placed", ("signatures",))],
         supports_check_mode=True,
     )
     p = module.params
     try:
-        if p["state"] == "signed":
+        if p["state"] == "signed" and not p["files"]:
+            result = probe(p["key"], p["principal"], p["namespace"], check_mode=module.check_mode,
+                           timeout=p["timeout"])
+        elif p["state"] == "placed":
+            result = place(p["files"], p["signatures"], p["principal"], p["namespace"], folder=p["dir"],
+                           check_mode=module.check_mode, timeout=p["timeout"])
+        elif p["state"] == "signed":
             result = sign(p["files"], p["key"], p["principal"], p["namespace"], folder=p["dir"],
                           check_mode=module.check_mode, timeout=p["timeout"])
         else:

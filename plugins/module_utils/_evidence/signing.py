@@ -335,21 +335,54 @@ def _existing_mismatch(path, wanted, same):
     return None if same(text, wanted) else "%s holds another signer: %s" % (path, _one_line(text)[:200])
 
 
-def sign(files, key, principal, namespace=NAMESPACE, folder=None, check_mode=False, timeout=DEFAULT_TIMEOUT):
-    """Sign each of ``files`` with ``key`` (``<file>.sig``), and put examiner.pub and allowed_signers in ``folder``
-    (default: the first file's folder). A signature that already verifies for the file's bytes with this key and
-    principal is kept; any other is replaced. Returns dict(changed, files=[{path, signature, action, changed,
-    reason}], ...)."""
-    files = _check_files(files)
-    principal_field(principal)
-    principal = principal.strip()
-    namespace = check_namespace(namespace)
+def _key_path(key):
     if not isinstance(key, str) or not key:
         raise InvalidInputError("No key was given; give the path of the examiner's SSH key.")
     key = os.path.abspath(key)
     if not os.path.isfile(key):
         raise InvalidInputError("The key %s is %s." % (key, "not a regular file" if os.path.lexists(key) else
                                                        "missing"), failed_path=key)
+    return key
+
+
+def probe(key, principal, namespace=NAMESPACE, check_mode=False, timeout=DEFAULT_TIMEOUT):
+    """What the key is (fingerprint, type, the allowed_signers line, the verify command), and, unless ``check_mode``,
+    proof that it signs without a prompt: a probe made in a private temporary folder is signed and checked there, and
+    the folder removed. Nothing is written anywhere else; raises SigningError as sign() would."""
+    principal_field(principal)
+    principal = principal.strip()
+    namespace = check_namespace(namespace)
+    key = _key_path(key)
+    pub = public_key(key, timeout)
+    line = allowed_signers_line(principal, namespace, pub)
+    work = tempfile.mkdtemp(prefix="vmcollect-probe-")
+    try:
+        work_signers = os.path.join(work, ALLOWED_SIGNERS_NAME)
+        write_atomic(work_signers, line, durable=False)
+        work_pub = os.path.join(work, PUBLIC_KEY_NAME)
+        write_atomic(work_pub, "%s %s %s\n" % (pub[0], pub[1], principal), durable=False)
+        key_print = fingerprint(work_pub, timeout)
+        if not check_mode:
+            record = os.path.join(work, "probe")
+            write_atomic(record, "dfir.vmcollect signing probe\n", durable=False)
+            _sign_checked(record, key, namespace, work, 0, work_signers, principal, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"changed": False, "files": [], "written": [], "probed": not check_mode, "principal": principal,
+            "namespace": namespace, "fingerprint": key_print["fingerprint"], "key_type": key_print["type"],
+            "allowed_signers_line": line.rstrip("\n"), "command": verify_command(principal, namespace)}
+
+
+def sign(files, key, principal, namespace=NAMESPACE, folder=None, check_mode=False, timeout=DEFAULT_TIMEOUT):
+    """Sign each of ``files`` with ``key`` (``<file>.sig``), and put examiner.pub and allowed_signers in ``folder``
+    (default: the first file's folder). A signature that already verifies for the file's bytes with this key and
+    principal is kept; any other is replaced. Returns dict(changed, files=[{path, signature, action, changed,
+    reason}], content={name: text} of each .sig, examiner.pub and allowed_signers (not in check mode), ...)."""
+    files = _check_files(files)
+    principal_field(principal)
+    principal = principal.strip()
+    namespace = check_namespace(namespace)
+    key = _key_path(key)
     folder = os.path.normpath(folder) if folder else os.path.dirname(files[0])
     if not os.path.isdir(folder):
         raise DestinationError("The folder %s for examiner.pub and allowed_signers is not a folder." % folder,
@@ -400,11 +433,114 @@ def sign(files, key, principal, namespace=NAMESPACE, folder=None, check_mode=Fal
     finally:
         shutil.rmtree(work, ignore_errors=True)
     would = [path for path in (signers_path, pub_path) if not os.path.lexists(path)] if check_mode else written
-    return {"changed": bool(would) or any(e["changed"] for e in results), "files": results,
-            "allowed_signers": signers_path, "examiner_pub": pub_path, "written": would,
-            "principal": principal, "namespace": namespace, "fingerprint": key_print["fingerprint"],
-            "key_type": key_print["type"], "allowed_signers_line": line.rstrip("\n"),
-            "command": verify_command(principal, namespace)}
+    result = {"changed": bool(would) or any(e["changed"] for e in results), "files": results,
+              "allowed_signers": signers_path, "examiner_pub": pub_path, "written": would,
+              "principal": principal, "namespace": namespace, "fingerprint": key_print["fingerprint"],
+              "key_type": key_print["type"], "allowed_signers_line": line.rstrip("\n"),
+              "command": verify_command(principal, namespace)}
+    if not check_mode:
+        # what is now in the folder, for place() where the records lie
+        result["content"] = dict((os.path.basename(path), _read_text(path, "file").decode("ascii", "replace"))
+                                 for path in [e["signature"] for e in results] + [pub_path, signers_path])
+    return result
+
+
+def _given_text(signatures, name):
+    text = signatures.get(name)
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError("The signatures given hold no %s; give what the signing task returned (content)."
+                                % name)
+    return text
+
+
+def place(files, signatures, principal=None, namespace=NAMESPACE, folder=None, check_mode=False,
+          timeout=DEFAULT_TIMEOUT, mode=0o640):
+    """Put the signatures made elsewhere (``signatures``: {name: text} as sign() returns in ``content``: each
+    ``<record>.sig``, examiner.pub and allowed_signers) beside the records ``files`` in ``folder`` (default: the first
+    file's folder), then verify every record there, as verify() does.
+
+    Each given signature is checked against the record's bytes here before anything is written: one that does not
+    verify (the record changed since it was read) writes nothing at all. A signature already there that verifies
+    with the given allowed_signers is kept; examiner.pub and allowed_signers are written when missing, and a case
+    whose own name another signer or key is refused, as sign() refuses it. Returns verify()'s result with changed,
+    written, and per file action (signed, replaced, kept) and changed."""
+    files = _check_files(files)
+    namespace = check_namespace(namespace)
+    if not isinstance(signatures, dict) or not signatures:
+        raise InvalidInputError("No signatures were given; give what the signing task returned (content).")
+    folder = os.path.normpath(folder) if folder else os.path.dirname(files[0])
+    if not os.path.isdir(folder):
+        raise DestinationError("The folder %s for examiner.pub and allowed_signers is not a folder." % folder,
+                               failed_path=folder)
+    names = dict((os.path.basename(path) + SIG_SUFFIX, path) for path in files)
+    unknown = sorted(set(signatures) - set(names) - set([PUBLIC_KEY_NAME, ALLOWED_SIGNERS_NAME]))
+    if unknown:
+        raise InvalidInputError("The signatures given name %s, which is no signature of the records given, nor %s or "
+                                "%s; nothing was written." % (", ".join(unknown), PUBLIC_KEY_NAME,
+                                                              ALLOWED_SIGNERS_NAME))
+    signers_text = _given_text(signatures, ALLOWED_SIGNERS_NAME)
+    pub_text = _given_text(signatures, PUBLIC_KEY_NAME)
+    pub = parse_public_key(pub_text)
+    signers_path = os.path.join(folder, ALLOWED_SIGNERS_NAME)
+    pub_path = os.path.join(folder, PUBLIC_KEY_NAME)
+    work = tempfile.mkdtemp(prefix="vmcollect-place-")
+    try:
+        work_signers = os.path.join(work, ALLOWED_SIGNERS_NAME)
+        write_atomic(work_signers, signers_text, durable=False)
+        signers = read_allowed_signers(work_signers)
+        if len(signers) != 1 or pub is None or signers[0][1] != pub:
+            raise InvalidInputError("The allowed_signers and examiner.pub given do not name one signer with the key of "
+                                    "examiner.pub; give what the signing task returned. Nothing was written.")
+        given_principal = signers[0][0]
+        if principal is not None and principal.strip() and principal.strip() != given_principal:
+            raise InvalidInputError("The allowed_signers given names %s, not %s; nothing was written."
+                                    % (given_principal, principal.strip()))
+        principal = given_principal
+        for problem in (_existing_mismatch(signers_path, signers_text, lambda text, want: text.strip() == want.strip()),
+                        _existing_mismatch(pub_path, pub, lambda text, want: parse_public_key(text) == want)):
+            if problem:
+                raise DestinationError("%s. The case was signed by another examiner or key; nothing was written. "
+                                       "Verify it as it is, or remove %s, %s and its *.sig files first to sign it "
+                                       "anew." % (problem, signers_path, pub_path), failed_path=folder)
+        results = []
+        for index, path in enumerate(files):
+            _check_record(path)
+            sig = path + SIG_SUFFIX
+            entry = {"path": path, "signature": sig, "changed": True, "action": "signed"}
+            if os.path.lexists(sig):
+                ok, dummy = _verify_one(path, sig, work_signers, principal, namespace, timeout)
+                entry.update(changed=not ok, action="kept" if ok else "replaced")
+            if entry["changed"]:
+                name = os.path.basename(sig)
+                text = _given_text(signatures, name)
+                given = os.path.join(work, "%d%s" % (index, SIG_SUFFIX))
+                write_atomic(given, text, durable=False)
+                ok, message = _verify_one(path, given, work_signers, principal, namespace, timeout)
+                if not ok:
+                    raise SignatureError("The signature given for %s does not verify for its bytes here: %s. Did it "
+                                         "change after it was read to be signed? Nothing was written."
+                                         % (path, message), failed_path=path)
+                entry["text"] = text
+            results.append(entry)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    written = [path for path in (signers_path, pub_path) if not os.path.lexists(path)]
+    if check_mode:
+        result = {"verified": None, "files": [dict((k, v) for k, v in e.items() if k != "text") for e in results],
+                  "allowed_signers": signers_path, "principal": principal, "namespace": namespace,
+                  "fingerprint": None, "command": verify_command(principal, namespace)}
+    else:
+        for path, text in ((signers_path, signers_text), (pub_path, pub_text)):
+            if path in written:
+                write_atomic(path, text, mode=mode)
+        for entry in results:
+            if entry.pop("text", None) is not None:
+                write_atomic(entry["signature"], signatures[os.path.basename(entry["signature"])], mode=mode)
+        result = require_verified(verify(files, signers_path, principal, namespace, timeout))
+        for entry, checked in zip(results, result["files"]):
+            checked.update(action=entry["action"], changed=entry["changed"])
+    result.update(changed=bool(written) or any(e["changed"] for e in results), written=written)
+    return result
 
 
 def verify(files, allowed_signers, principal=None, namespace=NAMESPACE, timeout=DEFAULT_TIMEOUT):

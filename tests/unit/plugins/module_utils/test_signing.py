@@ -336,3 +336,79 @@ def test_the_documented_command_is_the_one_returned():
     documented = [n for n in notes if "for s in *.sig" in n][0]
     documented = documented[documented.index("C(for s in") + 2:-1]
     assert documented == s.verify_command("examiner@example.org")
+
+
+# ---- probe: the key signs before anything is acquired -----------------------------------------------------------
+
+def test_the_probe_signs_nothing_it_leaves_and_check_mode_only_reads_the_key(keys, no_agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(s.tempfile, "tempdir", str(tmp_path))  # every temporary folder of the module lands here
+    res = s.probe(keys["ed25519"], PRINCIPAL)
+    assert res["probed"] and not res["changed"] and res["files"] == [] and res["written"] == []
+    assert res["fingerprint"].startswith("SHA256:") and res["key_type"] == "ED25519"
+    assert res["command"] == s.verify_command(PRINCIPAL)
+    plan = s.probe(keys["ed25519"], PRINCIPAL, check_mode=True)
+    assert not plan["probed"] and plan["fingerprint"] == res["fingerprint"]
+    assert os.listdir(str(tmp_path)) == []  # the probe's folder is gone
+
+
+def test_the_probe_refuses_a_key_that_cannot_sign_without_a_prompt(keys, no_agent):
+    with pytest.raises(s.SigningError) as err:
+        s.probe(keys["locked"], PRINCIPAL)
+    assert "protected by a passphrase" in err.value.message and "Nothing was written" in err.value.message
+    # reading the key alone (check mode) needs no passphrase
+    assert s.probe(keys["locked"], PRINCIPAL, check_mode=True)["fingerprint"].startswith("SHA256:")
+
+
+# ---- place: signatures made on the controller, put beside the records where they lie ----------------------------
+
+def signed_elsewhere(case, key, tmp_path):
+    """Copies of the records signed in another folder (as on the controller); sign()'s result."""
+    there = tmp_path / "controller"
+    there.mkdir()
+    for name in RECORDS:
+        shutil.copyfile(os.path.join(case, name), str(there / name))
+    return s.sign(paths(str(there)), key, PRINCIPAL)
+
+
+def test_place_writes_the_signatures_then_plain_ssh_keygen_verifies_and_a_rerun_keeps_them(case, keys, no_agent,
+                                                                                       tmp_path):
+    signed = signed_elsewhere(case, keys["ed25519"], tmp_path)
+    assert sorted(signed["content"]) == sorted([n + ".sig" for n in RECORDS] + ["examiner.pub", "allowed_signers"])
+    plan = s.place(paths(case), signed["content"], check_mode=True)
+    assert plan["changed"] and plan["verified"] is None and sorted(os.listdir(case)) == sorted(RECORDS)
+    res = s.place(paths(case), signed["content"], PRINCIPAL)
+    assert res["changed"] and res["verified"] and res["principal"] == PRINCIPAL
+    assert [e["action"] for e in res["files"]] == ["signed"] * len(RECORDS)
+    assert sorted(res["written"]) == [os.path.join(case, "allowed_signers"), os.path.join(case, "examiner.pub")]
+    for name in RECORDS:
+        assert plain_verify(case, name).returncode == 0
+        assert stat.S_IMODE(os.stat(os.path.join(case, name + ".sig")).st_mode) == 0o640
+    again = s.place(paths(case), signed["content"])
+    assert not again["changed"] and [e["action"] for e in again["files"]] == ["kept"] * len(RECORDS)
+
+
+def test_place_refuses_a_signature_of_other_bytes_and_writes_nothing(case, keys, no_agent, tmp_path):
+    signed = signed_elsewhere(case, keys["ed25519"], tmp_path)
+    with open(os.path.join(case, "custody.jsonl"), "ab") as f:
+        f.write(b'{"event":"later","seq":2}\n')  # the log grew after it was read to be signed
+    with pytest.raises(s.SignatureError) as err:
+        s.place(paths(case), signed["content"])
+    assert "custody.jsonl" in err.value.message and "Nothing was written" in err.value.message
+    assert sorted(os.listdir(case)) == sorted(RECORDS)
+
+
+def test_place_refuses_foreign_names_another_signer_and_a_mismatched_key(case, keys, no_agent, tmp_path):
+    signed = signed_elsewhere(case, keys["ed25519"], tmp_path)
+    with pytest.raises(InvalidInputError, match=r"name \.\./x\.sig, which is no signature"):
+        s.place(paths(case), dict(signed["content"], **{"../x.sig": "x"}))
+    other = s.sign(paths(str(tmp_path / "controller"), ["manifest.json"]), keys["rsa"], PRINCIPAL,
+                   folder=str(tmp_path))
+    with pytest.raises(InvalidInputError, match="do not name one signer with the key of examiner.pub"):
+        s.place(paths(case), dict(signed["content"], **{"examiner.pub": other["content"]["examiner.pub"]}))
+    with pytest.raises(InvalidInputError, match="names jane.doe@example.org, not someone else"):
+        s.place(paths(case), signed["content"], "someone else")
+    s.sign(paths(case, ["manifest.json"]), keys["rsa"], PRINCIPAL)  # the case is another key's already
+    before = sorted(os.listdir(case))
+    with pytest.raises(DestinationError, match="signed by another examiner or key; nothing was written"):
+        s.place(paths(case), signed["content"])
+    assert sorted(os.listdir(case)) == before
