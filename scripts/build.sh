@@ -10,6 +10,8 @@ cd "$ROOT"
 "$VENV/bin/ansible-galaxy" collection build --force --output-path "$OUT" . >/dev/null
 tarball=$(ls "$OUT"/dfir-vmcollect-*.tar.gz)
 echo "built $tarball ($(du -h "$tarball" | cut -f1))"
+# the name extensions/ee/execution-environment.yml takes it by (whatever the version)
+cp "$tarball" "$OUT/dfir-vmcollect.tar.gz"
 tar -tzf "$tarball" > "$OUT/contents.txt"
 bad=$(grep -E '^(lab|bench|scripts|\.ci|\.venv|\.build|tests/output)/|__pycache__|\.pyc$|\.tar\.gz$' "$OUT/contents.txt" || true)
 [ -z "$bad" ] || { echo "junk in the tarball:"; echo "$bad"; exit 1; }

@@ -370,8 +370,8 @@ def signed_elsewhere(case, key, tmp_path):
     return s.sign(paths(str(there)), key, PRINCIPAL)
 
 
-def test_place_writes_the_signatures_then_plain_ssh_keygen_verifies_and_a_rerun_keeps_them(case, keys, no_agent,
-                                                                                       tmp_path):
+def test_place_writes_the_signatures_then_plain_ssh_keygen_verifies_and_a_rerun_keeps_them(
+        case, keys, no_agent, tmp_path):
     signed = signed_elsewhere(case, keys["ed25519"], tmp_path)
     assert sorted(signed["content"]) == sorted([n + ".sig" for n in RECORDS] + ["examiner.pub", "allowed_signers"])
     plan = s.place(paths(case), signed["content"], check_mode=True)
