@@ -20,6 +20,7 @@ SANITY_PID=$!
 sanity_result() {
   local rc=0
   wait "$SANITY_PID" || rc=$?
+  SANITY_PID=""  # ended: its process group id is not ours to signal any more
   cat "$SANITY_LOG"
   rm -f "$SANITY_LOG"
   if [ "$rc" -ne 0 ]; then echo "ansible-test sanity failed (exit $rc)"; fi
@@ -33,7 +34,7 @@ lab_down() {
 }
 # whatever fails first, the sanity run is not left behind, and a lab that began to come up comes down
 LAB_STARTED=0
-trap 'kill -- "-$SANITY_PID" 2>/dev/null || true; if [ "$LAB_STARTED" = 1 ]; then lab_down; fi' EXIT
+trap 'if [ -n "$SANITY_PID" ]; then kill -- "-$SANITY_PID" 2>/dev/null || true; fi; if [ "$LAB_STARTED" = 1 ]; then lab_down; fi' EXIT
 
 stage "ansible-lint, shellcheck"
 scripts/lint.sh

@@ -53,6 +53,7 @@ options:
     description:
       - Absolute paths of the records to sign or verify (not their C(.sig) files).
       - With O(state=signed), an empty list signs nothing and only proves the key signs (see the description).
+      - With O(state=placed), records of one folder (the signatures are named by the records' file names).
     type: list
     elements: path
     required: true

@@ -472,6 +472,10 @@ def place(files, signatures, principal=None, namespace=NAMESPACE, folder=None, c
     if not os.path.isdir(folder):
         raise DestinationError("The folder %s for examiner.pub and allowed_signers is not a folder." % folder,
                                failed_path=folder)
+    if len(set(os.path.dirname(path) for path in files)) > 1:
+        raise InvalidInputError("The records to put signatures beside lie in more than one folder (%s); the signatures "
+                                "are named by the records' file names, so give the records of one folder."
+                                % ", ".join(sorted(set(os.path.dirname(path) for path in files))))
     names = dict((os.path.basename(path) + SIG_SUFFIX, path) for path in files)
     unknown = sorted(set(signatures) - set(names) - set([PUBLIC_KEY_NAME, ALLOWED_SIGNERS_NAME]))
     if unknown:

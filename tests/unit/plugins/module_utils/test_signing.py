@@ -399,6 +399,8 @@ def test_place_refuses_a_signature_of_other_bytes_and_writes_nothing(case, keys,
 
 def test_place_refuses_foreign_names_another_signer_and_a_mismatched_key(case, keys, no_agent, tmp_path):
     signed = signed_elsewhere(case, keys["ed25519"], tmp_path)
+    with pytest.raises(InvalidInputError, match="more than one folder"):
+        s.place(paths(case) + [os.path.join(str(tmp_path), "controller", "report.txt")], signed["content"])
     with pytest.raises(InvalidInputError, match=r"name \.\./x\.sig, which is no signature"):
         s.place(paths(case), dict(signed["content"], **{"../x.sig": "x"}))
     other = s.sign(paths(str(tmp_path / "controller"), ["manifest.json"]), keys["rsa"], PRINCIPAL,
