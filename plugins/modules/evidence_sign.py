@@ -229,7 +229,7 @@ key_type:
   sample: ED25519
 allowed_signers:
   description: Path of the C(allowed_signers) file.
-  returned: always
+  returned: unless O(state=signed) without O(files) (no folder is involved then)
   type: str
   sample: /srv/cases/case-42/allowed_signers
 allowed_signers_line:
