@@ -335,6 +335,22 @@ def _existing_mismatch(path, wanted, same):
     return None if same(text, wanted) else "%s holds another signer: %s" % (path, _one_line(text)[:200])
 
 
+def _signers_folder(folder, files):
+    """The folder of examiner.pub and allowed_signers: ``folder``, default the first file's."""
+    folder = os.path.normpath(folder) if folder else os.path.dirname(files[0])
+    if not os.path.isdir(folder):
+        raise DestinationError("The folder %s for examiner.pub and allowed_signers is not a folder." % folder,
+                               failed_path=folder)
+    return folder
+
+
+def _other_signer(signers_path, line, pub_path, pub):
+    """A sentence when the folder's allowed_signers or examiner.pub names another signer or key than ``line`` and
+    ``pub``, else None."""
+    return (_existing_mismatch(signers_path, line, lambda text, want: text.strip() == want.strip())
+            or _existing_mismatch(pub_path, pub, lambda text, want: parse_public_key(text) == want))
+
+
 def _key_path(key):
     if not isinstance(key, str) or not key:
         raise InvalidInputError("No key was given; give the path of the examiner's SSH key.")
@@ -347,30 +363,19 @@ def _key_path(key):
 
 def probe(key, principal, namespace=NAMESPACE, check_mode=False, timeout=DEFAULT_TIMEOUT):
     """What the key is (fingerprint, type, the allowed_signers line, the verify command), and, unless ``check_mode``,
-    proof that it signs without a prompt: a probe made in a private temporary folder is signed and checked there, and
-    the folder removed. Nothing is written anywhere else; raises SigningError as sign() would."""
-    principal_field(principal)
-    principal = principal.strip()
-    namespace = check_namespace(namespace)
-    key = _key_path(key)
-    pub = public_key(key, timeout)
-    line = allowed_signers_line(principal, namespace, pub)
+    proof that it signs without a prompt: sign() of a probe in a private temporary folder, which is then removed.
+    Nothing is written anywhere else; raises as sign() does."""
     work = tempfile.mkdtemp(prefix="vmcollect-probe-")
     try:
-        work_signers = os.path.join(work, ALLOWED_SIGNERS_NAME)
-        write_atomic(work_signers, line, durable=False)
-        work_pub = os.path.join(work, PUBLIC_KEY_NAME)
-        write_atomic(work_pub, "%s %s %s\n" % (pub[0], pub[1], principal), durable=False)
-        key_print = fingerprint(work_pub, timeout)
-        if not check_mode:
-            record = os.path.join(work, "probe")
-            write_atomic(record, "dfir.vmcollect signing probe\n", durable=False)
-            _sign_checked(record, key, namespace, work, 0, work_signers, principal, timeout)
+        record = os.path.join(work, "probe")
+        write_atomic(record, "dfir.vmcollect signing probe\n", durable=False)
+        signed = sign([record], key, principal, namespace, check_mode=check_mode, timeout=timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"changed": False, "files": [], "written": [], "probed": not check_mode, "principal": principal,
-            "namespace": namespace, "fingerprint": key_print["fingerprint"], "key_type": key_print["type"],
-            "allowed_signers_line": line.rstrip("\n"), "command": verify_command(principal, namespace)}
+    facts = ("principal", "namespace", "fingerprint", "key_type", "allowed_signers_line", "command")
+    result = dict((k, signed[k]) for k in facts)
+    result.update(changed=False, files=[], written=[], probed=not check_mode)
+    return result
 
 
 def sign(files, key, principal, namespace=NAMESPACE, folder=None, check_mode=False, timeout=DEFAULT_TIMEOUT):
@@ -383,10 +388,7 @@ def sign(files, key, principal, namespace=NAMESPACE, folder=None, check_mode=Fal
     principal = principal.strip()
     namespace = check_namespace(namespace)
     key = _key_path(key)
-    folder = os.path.normpath(folder) if folder else os.path.dirname(files[0])
-    if not os.path.isdir(folder):
-        raise DestinationError("The folder %s for examiner.pub and allowed_signers is not a folder." % folder,
-                               failed_path=folder)
+    folder = _signers_folder(folder, files)
     for path in files:
         _check_record(path)
     pub = public_key(key, timeout)
@@ -394,13 +396,12 @@ def sign(files, key, principal, namespace=NAMESPACE, folder=None, check_mode=Fal
     pub_text = "%s %s %s\n" % (pub[0], pub[1], principal)
     pub_path = os.path.join(folder, PUBLIC_KEY_NAME)
     signers_path = os.path.join(folder, ALLOWED_SIGNERS_NAME)
-    for problem in (_existing_mismatch(signers_path, line, lambda text, want: text.strip() == want.strip()),
-                    _existing_mismatch(pub_path, pub, lambda text, want: parse_public_key(text) == want)):
-        if problem:
-            raise DestinationError("%s. The case was signed by another examiner or key; signing it with %s (%s) "
-                                   "would replace their signatures. Verify it as it is, or remove %s, %s and its "
-                                   "*.sig files first to sign it anew. Nothing was signed."
-                                   % (problem, key, principal, signers_path, pub_path), failed_path=folder)
+    problem = _other_signer(signers_path, line, pub_path, pub)
+    if problem:
+        raise DestinationError("%s. The case was signed by another examiner or key; signing it with %s (%s) "
+                               "would replace their signatures. Verify it as it is, or remove %s, %s and its "
+                               "*.sig files first to sign it anew. Nothing was signed."
+                               % (problem, key, principal, signers_path, pub_path), failed_path=folder)
     work = tempfile.mkdtemp(prefix="vmcollect-sign-")
     try:
         work_signers = os.path.join(work, ALLOWED_SIGNERS_NAME)
@@ -468,14 +469,12 @@ def place(files, signatures, principal=None, namespace=NAMESPACE, folder=None, c
     namespace = check_namespace(namespace)
     if not isinstance(signatures, dict) or not signatures:
         raise InvalidInputError("No signatures were given; give what the signing task returned (content).")
-    folder = os.path.normpath(folder) if folder else os.path.dirname(files[0])
-    if not os.path.isdir(folder):
-        raise DestinationError("The folder %s for examiner.pub and allowed_signers is not a folder." % folder,
-                               failed_path=folder)
-    if len(set(os.path.dirname(path) for path in files)) > 1:
+    folder = _signers_folder(folder, files)
+    folders = sorted(set(os.path.dirname(path) for path in files))
+    if len(folders) > 1:
         raise InvalidInputError("The records to put signatures beside lie in more than one folder (%s); the signatures "
                                 "are named by the records' file names, so give the records of one folder."
-                                % ", ".join(sorted(set(os.path.dirname(path) for path in files))))
+                                % ", ".join(folders))
     names = dict((os.path.basename(path) + SIG_SUFFIX, path) for path in files)
     unknown = sorted(set(signatures) - set(names) - set([PUBLIC_KEY_NAME, ALLOWED_SIGNERS_NAME]))
     if unknown:
@@ -500,12 +499,11 @@ def place(files, signatures, principal=None, namespace=NAMESPACE, folder=None, c
             raise InvalidInputError("The allowed_signers given names %s, not %s; nothing was written."
                                     % (given_principal, principal.strip()))
         principal = given_principal
-        for problem in (_existing_mismatch(signers_path, signers_text, lambda text, want: text.strip() == want.strip()),
-                        _existing_mismatch(pub_path, pub, lambda text, want: parse_public_key(text) == want)):
-            if problem:
-                raise DestinationError("%s. The case was signed by another examiner or key; nothing was written. "
-                                       "Verify it as it is, or remove %s, %s and its *.sig files first to sign it "
-                                       "anew." % (problem, signers_path, pub_path), failed_path=folder)
+        problem = _other_signer(signers_path, signers_text, pub_path, pub)
+        if problem:
+            raise DestinationError("%s. The case was signed by another examiner or key; nothing was written. Verify "
+                                   "it as it is, or remove %s, %s and its *.sig files first to sign it anew."
+                                   % (problem, signers_path, pub_path), failed_path=folder)
         results = []
         for index, path in enumerate(files):
             _check_record(path)
