@@ -137,6 +137,7 @@ extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.vsphere
   - dfir.vmcollect.journal.at_work
+  - dfir.vmcollect.progress
 attributes:
   check_mode:
     support: full
@@ -151,6 +152,8 @@ seealso:
   - module: dfir.vmcollect.evidence_copy
   - module: dfir.vmcollect.hash_verify
 notes:
+  - The phases of O(progress_file) are those of M(dfir.vmcollect.evidence_copy) - V(copy) (fetch and write),
+    V(verify) (read the copy back), V(hash) (read an existing O(dest)'s source) and V(done).
   - Fetch frozen files only (a base disk under a snapshot, a snapshot's memory file). A file whose size or
     modification time changes while it is fetched is an error.
   - The free space needed is the size of the data areas (the whole file without areas) plus a margin, because
@@ -461,6 +464,7 @@ def argument_spec():
         retries=dict(type="int", default=DEFAULT_RETRIES),
         request_timeout=dict(type="int", default=DEFAULT_REQUEST_TIMEOUT),
         mode=dict(type="raw", default="%04o" % DEFAULT_MODE),
+        progress_file=dict(type="path"),
         **journal_spec(required=False)
     )
     return spec

@@ -71,18 +71,6 @@ options:
       - Without it such a destination is left untouched and the task fails.
     type: bool
     default: false
-  progress_file:
-    description:
-      - Absolute path of a JSON file that the module rewrites (atomic replace) at most once per
-        second while it works. Its folder must exist.
-      - Keys are C(phase), C(bytes_done), C(bytes_total), C(data_bytes), C(rate_mib_s), C(eta_s),
-        C(src), C(dest) and C(updated) (Unix time).
-      - C(phase) is V(copy) (read the source, write the copy), V(verify) (read the copy back or read
-        an existing O(dest)), V(hash) (read the source without writing, when O(dest) exists) and
-        finally V(done).
-      - Start the task with C(async) and C(poll=0) and watch it with C(watch cat) or C(tail -F)
-        on the host, or read it from a later task. It is not written in check mode.
-    type: path
   block_size:
     description:
       - Bytes read at a time. Values below 65536 are raised to 65536.
@@ -96,6 +84,7 @@ options:
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.journal.at_work
+  - dfir.vmcollect.progress
 attributes:
   check_mode:
     support: full
@@ -114,6 +103,9 @@ notes:
   - Copying a block device reads it from start to end. Copy frozen or read-only sources.
   - A copy that fails verification is deleted with its sidecar. The failed task still
     returns both sets of digests.
+  - The phases of O(progress_file) are V(copy) (read the source, write the copy), V(verify) (read the copy
+    back or read an existing O(dest)), V(hash) (read the source without writing, when O(dest) exists) and
+    finally V(done).
 """
 
 EXAMPLES = r"""
@@ -131,11 +123,18 @@ EXAMPLES = r"""
     expected:
       sha256: "{{ mem_dump.files[0].digests.sha256 }}"
 
+- name: Copy a large disk, with a progress line every minute in the play's output (AWX job events)
+  dfir.vmcollect.evidence_copy:
+    src: /dev/vg0/vm1-snap
+    dest: /evidence/case-42/vm1-disk.raw
+  vars:
+    vmcollect_progress_interval: 60
+
 - name: Start a long copy in the background with a progress file (tail -F it on the host)
   dfir.vmcollect.evidence_copy:
     src: /dev/vg0/vm1-snap
     dest: /evidence/case-42/vm1-disk.raw
-    progress_file: /evidence/case-42/vm1-disk.progress.json
+    progress_file: /var/tmp/case-42-vm1-disk.progress.json
   async: 14400
   poll: 0
   register: disk_copy_job

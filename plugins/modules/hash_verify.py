@@ -67,6 +67,7 @@ options:
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
   - dfir.vmcollect.journal.at_work
+  - dfir.vmcollect.progress
 attributes:
   check_mode:
     support: full
@@ -77,6 +78,7 @@ seealso:
     description: The GNU coreutils tool whose checksum file format this module reads.
     link: https://www.gnu.org/software/coreutils/manual/html_node/sha2-utilities.html
 notes:
+  - The phase of O(progress_file) is V(hash 1/3), V(hash 2/3) and so on, one per file.
   - Holes in sparse files still cost hashing time (the digest covers the logical content),
     but no disk reads.
   - Hashing a block device reads it from start to end; a device that is written to while it is
@@ -169,6 +171,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import jou
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import progress_file_for
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import (
     DEFAULT_BLOCK_SIZE,
     SUPPORTED_ALGORITHMS,
@@ -184,6 +187,7 @@ def argument_spec():
         expected=dict(type="dict"),
         checksum_file=dict(type="path"),
         block_size=dict(type="int", default=DEFAULT_BLOCK_SIZE),
+        progress_file=dict(type="path"),
         **journal_spec(required=False)
     )
 
@@ -199,7 +203,9 @@ def main():
         expected = collect_expected(p["expected"], p["checksum_file"], p["path"])
         journal = Journal(p["case_id"], p["journal_dir"]) if p["case_id"] and not module.check_mode else None
         with at_work(journal, "hash_verify", "hash %d file(s)" % len(set(list(expected or {}) + list(p["path"] or [])))):
-            files = hash_and_verify(p["path"], p["algorithms"], expected, p["block_size"])
+            report = progress_file_for(p["progress_file"], None, None, module.check_mode)
+            files = hash_and_verify(p["path"], p["algorithms"], expected, p["block_size"],
+                                    report.report if report is not None else None)
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(changed=False, files=files)

@@ -142,6 +142,7 @@ extends_documentation_fragment:
   - dfir.vmcollect.vsphere
   - dfir.vmcollect.esxi_ssh
   - dfir.vmcollect.journal
+  - dfir.vmcollect.progress
 attributes:
   check_mode:
     support: full
@@ -157,6 +158,11 @@ seealso:
   - module: dfir.vmcollect.datastore_fetch
   - module: dfir.vmcollect.teardown
 notes:
+  - >-
+    The phases of O(progress_file) are V(hash source) (the API engine reads each source file over HTTPS) and
+    V(clone) or V(copy), in the percent the host reports (the copy task's C(info.progress), or the
+    C(Clone: N% done.) lines of C(vmkfstools)). A host that reports no percent shows the elapsed time only; the
+    SSH engine's C(openssl dgst) reports none either.
   - O(timeout) bounds each vSphere task - the copy, the creation of a folder, a datastore browser search.
   - With the SSH engine, O(ssh.command_timeout) bounds the C(vmkfstools) clone and each C(cp); past it the command is
     stopped on the host and the run fails (teardown removes what it left). Hashing on the host is bounded by 24
@@ -429,6 +435,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import jou
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import clone as _esxi_clone
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ENGINES, choose_engine, ssh_option_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import progress_file_for
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import DEFAULT_BLOCK_SIZE, SUPPORTED_ALGORITHMS
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
@@ -463,6 +470,7 @@ def argument_spec():
         block_size=dict(type="int", default=DEFAULT_BLOCK_SIZE),
         retries=dict(type="int", default=DEFAULT_RETRIES),
         request_timeout=dict(type="int", default=DEFAULT_REQUEST_TIMEOUT),
+        progress_file=dict(type="path"),
         **journal_spec()
     )
     return spec
@@ -479,14 +487,15 @@ def main():
         _vsphere_clone.check_inputs(p, ENGINES)  # refused before the host is asked anything
         journal = Journal(p["case_id"], p["journal_dir"])
         what = "clone %s to %s" % (p["src"], p["dest"]) if p["src"] else "copy %d file(s)" % len(p["files"])
+        progress = progress_file_for(p["progress_file"], p["src"], p["dest"], module.check_mode)
         with at_work(None if module.check_mode else journal, "vmkfstools_clone", "%s on %s" % (what, p["hostname"])):
             with client_from_params(p) as client:
                 choice = choose_engine(p["engine"], client)
                 params = dict(p, engine=choice["engine"])
                 if choice["engine"] == "ssh":
-                    result = _esxi_clone.run(journal, client, params, check_mode=module.check_mode)
+                    result = _esxi_clone.run(journal, client, params, module.check_mode, progress)
                 else:
-                    result = _vsphere_clone.clone(journal, client, params, check_mode=module.check_mode)
+                    result = _vsphere_clone.clone(journal, client, params, module.check_mode, progress)
                 result["engine_choice"] = choice
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)

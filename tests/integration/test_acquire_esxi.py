@@ -105,7 +105,7 @@ def acquisition(lab, esx, ansible_playbook):
     check = ansible_playbook(PLAYBOOK, "--check", *args)
     after_check = {"state": host_state(esx), "case": os.path.exists(os.path.join(evidence, case)),
                    "journal": os.path.exists(journal)}
-    first = ansible_playbook(PLAYBOOK, *args)
+    first = ansible_playbook(PLAYBOOK, *args + ["-e", "vmcollect_progress_interval=0.25"])
     after_first = host_state(esx)
     second = ansible_playbook(PLAYBOOK, *args)
     return {"before": before, "check": check, "after_check": after_check, "first": first, "after": after_first,
@@ -117,6 +117,13 @@ def test_check_mode_changes_nothing(acquisition):
     assert acquisition["check"].returncode == 0, acquisition["check"].stdout[-5000:]
     seen = acquisition["after_check"]
     assert seen["state"] == acquisition["before"] and not seen["case"] and not seen["journal"]
+
+
+def test_the_https_pulls_show_their_progress(acquisition):
+    """datastore_fetch's action plugin prints a line every 0.25 s of a pull (the lab's files are small: at least the
+    time it has been at work)."""
+    assert re.search(r"^PROGRESS \[[^]]+\] datastore_fetch, \d+s in: ", acquisition["first"].stdout, re.M), \
+        acquisition["first"].stdout[-3000:]
 
 
 def test_acquisition_restores_the_host_exactly(acquisition):

@@ -72,7 +72,7 @@ def acquisition(lab, esx, ansible_playbook):
            "-e", "vmcollect_signing_key=" + key]
     check = ansible_playbook(PLAYBOOK, "--check", *(_args(work) + e01))
     after_check = {"state": host_state(esx), "collector": os.path.exists(os.path.join(work, "collector", CASE))}
-    first = ansible_playbook(PLAYBOOK, *(_args(work) + e01))
+    first = ansible_playbook(PLAYBOOK, *(_args(work) + e01 + ["-e", "vmcollect_progress_interval=0.25"]))
     after = host_state(esx)
     again = ansible_playbook(PLAYBOOK, *(_args(work) + e01))
     after_again = host_state(esx)
@@ -85,6 +85,14 @@ def acquisition(lab, esx, ansible_playbook):
 def test_check_mode_changes_nothing(acquisition):
     assert acquisition["check"].returncode == 0, acquisition["check"].stdout[-5000:]
     assert acquisition["after_check"] == {"state": acquisition["before"], "collector": False}
+
+
+def test_the_clones_and_the_collectors_hashing_show_their_progress(acquisition):
+    """vmkfstools_clone's and hash_verify's action plugins print a line every 0.25 s (the lab's copy task reports
+    no percent: the line says how long it has been at work)."""
+    out = acquisition["first"].stdout
+    assert re.search(r"^PROGRESS \[[^]]+\] vmkfstools_clone, \d+s in: ", out, re.M), out[-3000:]
+    assert re.search(r"^PROGRESS \[collector1\] hash_verify, \d+s in: ", out, re.M), out[-3000:]
 
 
 def test_acquisition_restores_the_host_and_verifies_on_the_collector(acquisition):

@@ -71,7 +71,7 @@ def acquisition(lab, ansible_playbook, tmp_path_factory):
                    "xml": _out(VIRSH + ["dumpxml", "--inactive", guest["name"]]),
                    "disks": _out(VIRSH + ["domblklist", guest["name"]])}
     beats_before = _heartbeats(lab)
-    first = ansible_playbook(PLAYBOOK, *args)
+    first = ansible_playbook(PLAYBOOK, *args + ["-e", "vmcollect_progress_interval=0.25"])
     time.sleep(4.5)  # two heartbeat periods
     beats_after = _heartbeats(lab)
     second = ansible_playbook(PLAYBOOK, *args)
@@ -98,6 +98,14 @@ def test_acquisition_succeeds_and_the_guest_keeps_running(acquisition, lab):
     assert _out(VIRSH + ["domstate", lab["guest"]["name"]]).strip() == "running"
     before, after = acquisition["beats"]
     assert after and before and max(after) > max(before), "no new heartbeat after the acquisition"
+
+
+def test_each_copy_shows_its_progress_while_it_runs(acquisition):
+    """evidence_copy's action plugin reads its progress file over SSH while it copies (every 0.25 s here) and
+    prints a line."""
+    lines = re.findall(r"^PROGRESS \[kvm1\] evidence_copy, \d+s in: .*$", acquisition["first"].stdout, re.M)
+    assert lines, acquisition["first"].stdout[-4000:]
+    assert any(re.search(r": (copy|verify) [^,]+, [\d.]+ [MG]iB of [\d.]+ [MG]iB \(\d+%\)", line) for line in lines), lines
 
 
 def test_host_restored_exactly(acquisition, lab):

@@ -67,6 +67,8 @@ def job(lab, tmp_path_factory):
         "kvm_acquire_vms": "\n%s\n" % lab["guest"]["name"], "vmcollect_transport": "local",
         "kvm_acquire_evidence_dir": os.path.join(work, "evidence"),
         "kvm_acquire_journal_dir": os.path.join(work, "journal"),
+        # the job template's extra variables: a progress line every quarter of a second (the lab's copies are short)
+        "vmcollect_progress_interval": 0.25,
         # what AWX adds to every job
         "awx_job_id": JOB_ID, "awx_user_name": "jdoe", "awx_job_template_name": "Acquire KVM VMs",
         "awx_job_launch_type": "manual", "awx_inventory_name": "Lab", "awx_project_revision": "0" * 40,
@@ -120,6 +122,20 @@ def test_the_job_events_carry_the_plan_and_the_summary(job):
     summary = [e for e in job["events"] if e.get("event") == "runner_on_ok"
                and e["event_data"].get("task") == "Summary"]
     assert summary and "vmc-victim" in json.dumps(summary[-1]["event_data"]["res"])
+
+
+def test_the_job_events_show_each_copy_while_it_runs(job):
+    """A progress line is a job event of its own (verbose), made while the copy's task runs: between the task's
+    start and its result, so an idle timeout sees output."""
+    started = [e["counter"] for e in job["events"] if e.get("event") == "playbook_on_task_start"
+               and e["event_data"].get("task", "").startswith("Copy every frozen image")]
+    ended = [e["counter"] for e in job["events"] if e.get("event") in ("runner_on_ok", "runner_item_on_ok")
+             and e["event_data"].get("task", "").startswith("Copy every frozen image")]
+    lines = [e for e in job["events"] if e.get("event") == "verbose" and "PROGRESS [kvm1] evidence_copy" in
+             e.get("stdout", "")]
+    assert started and ended and lines, _stdout(job)[-4000:]
+    assert any(" MiB of " in e["stdout"] or " GiB of " in e["stdout"] for e in lines), [e["stdout"] for e in lines]
+    assert all(started[0] < e["counter"] < ended[-1] for e in lines)
 
 
 def test_set_stats_hands_the_case_its_artifacts_and_verification_to_the_next_node(job):

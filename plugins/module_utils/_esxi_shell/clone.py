@@ -42,6 +42,7 @@ import binascii
 import json
 import os
 import re
+import threading
 import time
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
@@ -157,18 +158,18 @@ def open_ssh(params):
     return ssh
 
 
-def run(journal, client, params, check_mode=False):
+def run(journal, client, params, check_mode=False, progress=None):
     """The SSH engine's run: its own refusals, the SSH login (host key checked first), ``clone``, the logout."""
     check_inputs(dict(params, engine=ENGINE))
     ssh = open_ssh(params)
     try:
-        return clone(journal, client, ssh, params, check_mode)
+        return clone(journal, client, ssh, params, check_mode, progress)
     finally:
         ssh.close()
 
 
 @_client.vsphere_errors("clone onto the evidence datastore with the host's shell")
-def clone(journal, client, ssh, params, check_mode=False):
+def clone(journal, client, ssh, params, check_mode=False, progress=None):
     """The module's work with the SSH engine: ``client`` (a logged-in VsphereClient) reads, ``ssh`` (a connected
     SshClient to the same host) changes and hashes. See the module docstring. Every refusal comes before the first
     change."""
@@ -199,7 +200,7 @@ def clone(journal, client, ssh, params, check_mode=False):
     done = {}
     for item in items:
         if item["state"] == "absent":
-            done[item["dest"]] = copy_item(host, shell, journal, item, hashed[item["dest"]], algorithms)
+            done[item["dest"]] = copy_item(host, shell, journal, item, hashed[item["dest"]], algorithms, progress)
             continue
         size, size_from = _api.dest_size(host, item, host.listing(item["folder"]))
         marker = item["existing"]
@@ -289,15 +290,36 @@ def make_folders(host, shell, journal, item):
     return folders
 
 
-def _run_copy(shell, journal, change, item, what):
-    """Run the copy's command (vmkfstools, or cp) bounded by ssh.command_timeout; raises a sentence when it failed."""
+def percent_watcher(progress):
+    """An ``SshClient.run`` watcher that calls ``progress(percent)`` for each new ``Clone: N% done.`` vmkfstools
+    writes (redrawn with a carriage return), also when a chunk ends inside one; None without ``progress``."""
+    if progress is None:
+        return None
+    seen = {"tail": b"", "percent": None}
+    lock = threading.Lock()  # stdout's and stderr's readers both call it
+
+    def watch(chunk):
+        with lock:
+            text = seen["tail"] + chunk
+            found = re.findall(br"Clone: (\d{1,3})% done\.", text)
+            seen["tail"] = text[-32:]
+            if found and int(found[-1]) != seen["percent"]:
+                seen["percent"] = int(found[-1])
+                progress(seen["percent"])
+    return watch
+
+
+def _run_copy(shell, journal, change, item, what, progress=None):
+    """Run the copy's command (vmkfstools, or cp) bounded by ssh.command_timeout; raises a sentence when it failed.
+    ``progress(percent)`` is told vmkfstools' percentages as they come."""
     ssh = shell.ssh
     keeps = "The journal keeps the change: teardown stops what still runs there and removes what it left at %s." \
         % item["dest"]
     argv = vmkfstools_argv(item["src"], item["dest"]) if item["kind"] == "disk" else cp_line(item["src"], item["dest"])
     shown = argv if isinstance(argv, str) else join(argv)
     try:
-        rc, out, err = ssh.run(argv, timeout=ssh.command_timeout)
+        rc, out, err = ssh.run(argv, timeout=ssh.command_timeout,
+                               watch=percent_watcher(progress) if item["kind"] == "disk" else None)
     except SshTimeout as exc:
         details = dict((k, v) for k, v in exc.details.items() if k != "failed_path")
         raise SshTimeout("The %s did not end within ssh.command_timeout (%g s): %s %s"
@@ -328,7 +350,7 @@ def _run_copy(shell, journal, change, item, what):
                          rc=rc, failed_path=item["dest"])
 
 
-def copy_item(host, shell, journal, item, hashed, algorithms):
+def copy_item(host, shell, journal, item, hashed, algorithms, progress=None):
     """Copy one planned item whose destination is absent, with the host's shell; returns its result facts."""
     created_folders = make_folders(host, shell, journal, item)
     copy_id = binascii.hexlify(os.urandom(8)).decode("ascii")
@@ -341,7 +363,7 @@ def copy_item(host, shell, journal, item, hashed, algorithms):
                                    % (what, item["datastore"], host.client.where), module=MODULE)
     started = utc_now()
     clock = time.monotonic()
-    parsed = _run_copy(shell, journal, change, item, what)
+    parsed = _run_copy(shell, journal, change, item, what, _api.clone_progress(progress, item))
     seconds = time.monotonic() - clock
     listing = host.listing(item["folder"], fresh=True)
     problems = ["the destination folder %s is not there" % item["folder"]] if listing is None else \

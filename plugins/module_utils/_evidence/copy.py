@@ -188,8 +188,27 @@ class ProgressFile(object):
         self._phase = "done"
         self.update(done, force=True)
 
+    def report(self, phase, done, total, src=None):
+        """``update`` for a caller that only says its phase, bytes done and total, for one source after another
+        (``src``): a new phase or source starts a new rate and ETA."""
+        if src is not None and src != self.src:
+            self.src = src
+            self._phase = None
+        if phase != self._phase:
+            self.start(phase, total, None)
+        self._total = total
+        self.update(done)
 
-class _Reporter(object):
+
+def progress_file_for(path, src, dest, check_mode=False):
+    """The ProgressFile of a module's ``progress_file`` option, or None (none given, or check mode, which writes
+    nothing)."""
+    if check_mode or not path:
+        return None
+    return ProgressFile(absolute(path), src, dest)
+
+
+class Reporter(object):
     """Fans the reading thread's ``(done, total)`` out to a progress file and a caller's callback."""
 
     def __init__(self, progress_file, callback):
@@ -446,7 +465,7 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
     folder = os.path.dirname(dest)
     partial = dest + PARTIAL_SUFFIX
     sidecar_path = dest + SIDECAR_SUFFIX
-    reporter = _Reporter(None if check_mode or progress_file is None else ProgressFile(progress_file, src, dest),
+    reporter = Reporter(None if check_mode or progress_file is None else ProgressFile(progress_file, src, dest),
                          progress)
 
     fd, st = open_source(src)

@@ -634,12 +634,23 @@ def check_readable(paths):
         os.close(fd)
 
 
-def hash_and_verify(paths, algorithms=("sha256",), expected=None, block_size=DEFAULT_BLOCK_SIZE):
+def _file_progress(progress, index, paths):
+    """hash_path's ``progress(done, total)`` for the ``index``-th of ``paths``, as ``progress(phase, done, total,
+    path)``; None without ``progress``."""
+    if progress is None:
+        return None
+    phase = "hash %d/%d" % (index + 1, len(paths))
+    return lambda done, total: progress(phase, done, total, paths[index])
+
+
+def hash_and_verify(paths, algorithms=("sha256",), expected=None, block_size=DEFAULT_BLOCK_SIZE, progress=None):
     """Hash ``paths`` (each in one read) and compare with ``expected`` where given.
 
     ``expected`` is ``{abs path: {algorithm: digest}}``; any algorithm it names is hashed
     too. Paths that ``expected`` lists but ``paths`` does not are added. Raises
     HashMismatchError naming every file that differs (with all results in ``details``).
+    ``progress(phase, done, total, path)`` is called after every block, the phase naming the
+    file's place (``hash 2/3``).
     """
     algorithms = normalize_algorithms(algorithms)
     expected = expected or {}
@@ -653,10 +664,10 @@ def hash_and_verify(paths, algorithms=("sha256",), expected=None, block_size=DEF
     check_readable(ordered)
     results = []
     mismatches = []
-    for path in ordered:
+    for index, path in enumerate(ordered):
         want = expected.get(path, {})
         algs = algorithms + [a for a in SUPPORTED_ALGORITHMS if a in want and a not in algorithms]
-        result = hash_path(path, algs, block_size=block_size)
+        result = hash_path(path, algs, block_size=block_size, progress=_file_progress(progress, index, ordered))
         if want:
             mismatches.extend(compare(result, want))
         else:

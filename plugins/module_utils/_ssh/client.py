@@ -520,11 +520,12 @@ class _Reader(threading.Thread):
     """Reads one stream of a channel (stdout or stderr) until its end, keeping at most ``limit`` bytes; more sets
     ``overflow``, and what follows is read and dropped (so the host can still send the end of the channel)."""
 
-    def __init__(self, recv, limit, name):
+    def __init__(self, recv, limit, name, watch=None):
         threading.Thread.__init__(self, name=name)
         self.daemon = True
         self._recv = recv
         self._limit = limit
+        self._watch = watch
         self.chunks = []
         self.size = 0
         self.overflow = False
@@ -541,6 +542,11 @@ class _Reader(threading.Thread):
                 return
             if not data:
                 return
+            if self._watch is not None:
+                try:
+                    self._watch(data)
+                except Exception:  # pylint: disable=broad-except - a watcher's failure never loses the output
+                    self._watch = None
             if self.overflow or self.size + len(data) > self._limit:
                 self.overflow = True
                 continue
@@ -950,7 +956,7 @@ class SshClient(object):
         chan.settimeout(POLL)
         return chan, None
 
-    def run(self, command, timeout=None, stdin=None, secrets=(), max_output=None):
+    def run(self, command, timeout=None, stdin=None, secrets=(), max_output=None, watch=None):
         """Run ``command`` on the host and return ``(rc, stdout, stderr)`` (bytes).
 
         ``command`` is an argv list (quoted with quote(): what the program gets is exactly these words) or a
@@ -962,7 +968,8 @@ class SshClient(object):
         message (the command line included); the client's own password and passphrase always are. stdout and
         stderr are read at the same time, each up to ``max_output`` bytes (default 64 MiB): a command that writes
         more is stopped like one past its timeout, and SshError says so. ``rc`` is -1 when the command ended
-        without an exit code (killed by a signal)."""
+        without an exit code (killed by a signal). ``watch(chunk)`` sees each chunk of stdout and of stderr as it
+        comes (a progress reader; the chunk is kept all the same, and a watcher that raises is not called again)."""
         line = command_line(command)
         hidden = self.secrets() + tuple(s for s in (secrets or ()) if s)
         shown = _shorten(mask(line, hidden))
@@ -990,8 +997,8 @@ class SshClient(object):
                                  timeout=bound, stopped=False)
             raise SshError("The command `%s` could not be started: %s." % (shown, why), host=self.where,
                            command=shown)
-        out = _Reader(chan.recv, limit, "ssh-stdout")
-        err = _Reader(chan.recv_stderr, limit + 64, "ssh-stderr")
+        out = _Reader(chan.recv, limit, "ssh-stdout", watch)
+        err = _Reader(chan.recv_stderr, limit + 64, "ssh-stderr", watch)
         try:
             out.start()
             err.start()

@@ -660,17 +660,18 @@ class VsphereClient(object):
         return found[0][0]
 
     # -- tasks --------------------------------------------------------------------------------
-    def wait_for_task(self, task, what, timeout=None):
+    def wait_for_task(self, task, what, timeout=None, progress=None):
         """Wait until ``task`` ends, at most ``timeout`` seconds (default: the client's), and return its result.
+        ``progress(percent)`` is called whenever the task's info.progress changes.
 
         Through a PropertyCollector of its own with one filter on the task's info.state / info.error /
         info.result and WaitForUpdatesEx slices of at most WAIT_SLICE s; the collector (and so the filter) is
         destroyed whatever happens. A failed task raises VsphereError with the fault's localized message; a task
         still running at the deadline raises a sentence naming it (it may go on running on the server)."""
-        return self._wait_for_task(task, what, timeout)
+        return self._wait_for_task(task, what, timeout, progress)
 
     @vsphere_errors("wait for a task")
-    def _wait_for_task(self, task, what, timeout):
+    def _wait_for_task(self, task, what, timeout, progress=None):
         bound = float(timeout if timeout is not None else self.timeout)
         deadline = time.monotonic() + bound
         pcq = vmodl.query.PropertyCollector
@@ -678,8 +679,8 @@ class VsphereClient(object):
         try:
             spec = pcq.FilterSpec(
                 objectSet=[pcq.ObjectSpec(obj=task, skip=False)],
-                propSet=[pcq.PropertySpec(type=vim.Task, pathSet=["info.state", "info.error", "info.result"],
-                                          all=False)])
+                propSet=[pcq.PropertySpec(type=vim.Task, all=False, pathSet=["info.state", "info.error", "info.result"]
+                                          + (["info.progress"] if progress is not None else []))])
             collector.CreateFilter(spec, partialUpdates=False)
             version = ""
             state = {}
@@ -699,6 +700,8 @@ class VsphereClient(object):
                     for obj_update in filter_update.objectSet or []:
                         for change in obj_update.changeSet or []:
                             state[change.name] = change.val
+                if progress is not None and state.get("info.progress") is not None:
+                    progress(state["info.progress"])
                 status = state.get("info.state")
                 if status == "success":
                     return state.get("info.result")

@@ -370,10 +370,11 @@ def list_folder(client, browser, folder_path):
     return entries
 
 
-def _run_task(client, task, what, timeout=None):
-    """Wait for ``task`` (bounded); a module stopped by teardown (SIGTERM) cancels it first when the host allows."""
+def _run_task(client, task, what, timeout=None, progress=None):
+    """Wait for ``task`` (bounded); a module stopped by teardown (SIGTERM) cancels it first when the host allows.
+    ``progress(percent)`` as in ``wait_for_task``."""
     try:
-        return client.wait_for_task(task, what, timeout)
+        return client.wait_for_task(task, what, timeout, progress)
     except StoppedError:
         try:
             info = client.properties(task, ["info.cancelable", "info.state"])
@@ -650,9 +651,10 @@ def missing_folders(host, folder_path):
 
 # -- hashing the sources -------------------------------------------------------------------------------------------
 
-def hash_sources(host, item, algorithms, block_size, areas_for_base=None):
+def hash_sources(host, item, algorithms, block_size, areas_for_base=None, progress=None):
     """Hash every source file of ``item`` over HTTPS (``fetch.hash_file``), each in one read; the base extent of a
-    disk by its data areas when ``areas_for_base`` = (areas, note) is given."""
+    disk by its data areas when ``areas_for_base`` = (areas, note) is given. ``progress`` (a ProgressFile or None)
+    is told the bytes read of each file."""
     results = []
     base_extent = None
     if item["kind"] == "disk":
@@ -661,13 +663,35 @@ def hash_sources(host, item, algorithms, block_size, areas_for_base=None):
         areas, note = (areas_for_base if (areas_for_base and f["path"] == base_extent) else (None, None))
         r = _fetch.hash_file(host.session, f["path"], host.datacenter, algorithms, areas, note, block_size,
                              host.retries, host.datastores,
-                             modified_lookup=lambda ds, rel: _fetch.browser_modified(host.client, ds, rel))
+                             modified_lookup=lambda ds, rel: _fetch.browser_modified(host.client, ds, rel),
+                             progress=_hash_progress(progress, f["path"]))
         r.update(role=f["role"], depth=f["depth"])
         if r["size"] != f["size"]:
             raise EvidenceSourceError("%s changed between two looks (%d, then %d bytes); hash frozen files only."
                                       % (f["path"], f["size"], r["size"]), failed_path=f["path"])
         results.append(r)
     return results
+
+
+def _hash_progress(progress, path):
+    """``progress(done, total)`` of the hashing of the source file ``path``, for a ProgressFile (None: none)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress.report("hash source", done, total, src=path)
+
+
+def clone_progress(progress, item):
+    """``progress(percent)`` of the copy of ``item`` as its host reports it, for a ProgressFile (None: none): the
+    percent of the source's size (the disk's virtual size, or the file's size)."""
+    if progress is None:
+        return None
+    total = item.get("virtual_bytes") or sum(f["size"] or 0 for f in item["source_files"])
+    phase = "clone" if item["kind"] == "disk" else "copy"
+
+    def report(percent):
+        progress.dest = item["dest"]
+        progress.report(phase, int(total * min(max(int(percent), 0), 100) / 100), total, src=item["src"])
+    return report
 
 
 def sources_unchanged(host, hashed):
@@ -720,7 +744,7 @@ def make_folders(host, journal, item):
     return folders
 
 
-def copy_item(host, journal, item, hashed, timeout):
+def copy_item(host, journal, item, hashed, timeout, progress=None):
     """Copy one planned item whose destination is absent (see the module docstring); returns its result facts."""
     created_folders = make_folders(host, journal, item)
     copy_id = binascii.hexlify(os.urandom(8)).decode("ascii")
@@ -747,7 +771,7 @@ def copy_item(host, journal, item, hashed, timeout):
         except _client.vmodl.MethodFault as fault:  # refused before a task was made
             raise VsphereError(_client.fault_sentence(fault, "make the %s" % what, host.client.where),
                                fault=_client.fault_name(fault))
-        _run_task(host.client, task, "make the %s" % what, timeout)
+        _run_task(host.client, task, "make the %s" % what, timeout, clone_progress(progress, item))
     except VsphereError as exc:
         fault = exc.details.get("fault")
         if fault == "FileAlreadyExists":
@@ -815,7 +839,7 @@ def _raw_modified(item, path):
 # -- the run -------------------------------------------------------------------------------------------------------
 
 @_client.vsphere_errors("clone onto the evidence datastore")
-def clone(journal, client, params, check_mode=False):
+def clone(journal, client, params, check_mode=False, progress=None):
     """The module's work on a logged-in ``client``; see the module docstring. Every refusal comes before the first
     change: the plan, the existing destinations and the source digests (not in check mode) first, then the copies."""
     src, dest, files, algorithms = check_inputs(params)
@@ -842,13 +866,14 @@ def clone(journal, client, params, check_mode=False):
                                               changed_areas.get("snapshot"))
     hashed = {}
     for item in items:
-        hashed[item["dest"]] = hash_sources(host, item, algorithms, block_size, areas if item["kind"] == "disk" else None)
+        hashed[item["dest"]] = hash_sources(host, item, algorithms, block_size, areas if item["kind"] == "disk" else None,
+                                            progress)
         if item["state"] == "complete":
             same_digests(item, hashed[item["dest"]])
     done = {}
     for item in items:
         if item["state"] == "absent":
-            done[item["dest"]] = copy_item(host, journal, item, hashed[item["dest"]], timeout)
+            done[item["dest"]] = copy_item(host, journal, item, hashed[item["dest"]], timeout, progress)
             continue
         size, size_from = dest_size(host, item, host.listing(item["folder"]))
         marker = item["existing"]

@@ -592,14 +592,14 @@ def _hash_prefix(partial, prefix, consumers, block_size):
 def fetch_file(session, src, dest, datacenter, algorithms=("sha256",), expected=None, force=False, areas=None,
                areas_note=None, block_size=DEFAULT_BLOCK_SIZE, retries=DEFAULT_RETRIES, mode=_copy.DEFAULT_MODE,
                check_mode=False, verify=True, datastores=(), modified_lookup=None, backoff=BACKOFF,
-               checkpoint_bytes=_copy.CHECKPOINT_BYTES, mark_bytes=MARK_BYTES, progress=None):
+               checkpoint_bytes=_copy.CHECKPOINT_BYTES, mark_bytes=MARK_BYTES, progress=None, progress_file=None):
     """Fetch the datastore file ``src`` ('[datastore] folder/file') to the local ``dest``; see the module docstring.
 
     ``session`` is a ``ClientSession`` or alike. ``areas`` ([{start, length}] or None: the whole file) are the only
     ranges fetched, the rest is hashed as zeros; ``areas_note`` says where they came from (for ``areas_used``).
     ``modified_lookup(datastore, relative)`` gives the file's modification time when HEAD has no Last-Modified
-    (the datastore browser). ``progress(phase, done, total)`` as in ``copy_evidence``; ``verify=False`` skips the
-    read-back (benchmarks only: the module always verifies).
+    (the datastore browser). ``progress(phase, done, total)`` and ``progress_file`` (a path) as in
+    ``copy_evidence``; ``verify=False`` skips the read-back (benchmarks only: the module always verifies).
 
     Returns the module's result: evidence_copy's shape plus src_url, transport, copied_by, tls, areas_used,
     fetched_bytes, zero_bytes, requests, reconnects, relogins, source_identity.
@@ -618,7 +618,7 @@ def fetch_file(session, src, dest, datacenter, algorithms=("sha256",), expected=
     folder = os.path.dirname(dest)
     partial = dest + _copy.PARTIAL_SUFFIX
     sidecar_path = dest + _copy.SIDECAR_SUFFIX
-    reporter = _copy._Reporter(None, progress)  # pylint: disable=protected-access
+    reporter = _copy.Reporter(_copy.progress_file_for(progress_file, src, dest, check_mode), progress)
 
     _copy._check_destination(src, dest, None)  # pylint: disable=protected-access
     if areas is not None:
@@ -737,11 +737,11 @@ def _identify(source, datastore, relative, areas, modified_lookup):
 
 def hash_file(session, src, datacenter, algorithms=("sha256",), areas=None, areas_note=None,
               block_size=DEFAULT_BLOCK_SIZE, retries=DEFAULT_RETRIES, datastores=(), modified_lookup=None,
-              backoff=BACKOFF):
+              backoff=BACKOFF, progress=None):
     """Hash the datastore file ``src`` over HTTPS without keeping it anywhere: ``fetch_file``'s read (HEAD, Range
     GETs of the ``areas`` only, the rest hashed as zeros, one thread per algorithm, the identity checked again at
     the end) with no destination. For a copy made on the host itself (vmkfstools_clone), whose source must be
-    hashed where it lies. Sends GET and HEAD only.
+    hashed where it lies. Sends GET and HEAD only. ``progress(done, total)`` is called after every block.
 
     Returns dict(src, src_url, datastore, datacenter, size, data_bytes, hole_bytes, digests, fetched_bytes,
     requests, reconnects, relogins, seconds, mib_per_s, source_identity, areas_used, tls)."""
@@ -758,7 +758,7 @@ def hash_file(session, src, datacenter, algorithms=("sha256",), areas=None, area
         size, last_modified, identity_from, wanted, area_bytes = _identify(source, datastore, relative, areas,
                                                                            modified_lookup)
         hashers = [hashlib.new(a) for a in algorithms]
-        stats = read_extents(source, [HashConsumer(h) for h in hashers], block_size, threaded=True)
+        stats = read_extents(source, [HashConsumer(h) for h in hashers], block_size, progress, threaded=True)
         seconds = stats["seconds"]
         return {
             "src": src, "src_url": "https://%s%s" % (session.where, url_path), "datastore": datastore,
@@ -917,4 +917,5 @@ def run(params, check_mode=False):
             params.get("expected"), params.get("force", False), areas, note,
             params.get("block_size") or DEFAULT_BLOCK_SIZE, params.get("retries", DEFAULT_RETRIES),
             params.get("mode", _copy.DEFAULT_MODE), check_mode, datastores=datastores,
-            modified_lookup=lambda ds, rel: browser_modified(client, ds, rel))
+            modified_lookup=lambda ds, rel: browser_modified(client, ds, rel),
+            progress_file=params.get("progress_file"))

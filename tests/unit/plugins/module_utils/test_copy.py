@@ -566,3 +566,18 @@ def test_the_holes_remembered_are_the_longest_and_bounded(tmp_path, monkeypatch,
     r = c.copy_evidence(src, dest, ["sha256", "md5"])
     assert r["verified"] and r["dest_digests"]["md5"] == reference(src, "md5")
     assert r["verify_carried_bytes"] == 12 * MIB
+
+
+def test_progress_file_report_starts_a_phase_for_each_phase_or_source(tmp_path):
+    path = str(tmp_path / "p.json")
+    p = c.ProgressFile(path, None, None, interval=0.0)
+    p.report("hash 1/2", 10, 100, src="/a")
+    first = json.load(open(path))
+    p.report("hash 1/2", 60, 100, src="/a")
+    state = json.load(open(path))
+    assert (state["phase"], state["src"], state["bytes_done"], state["bytes_total"]) == ("hash 1/2", "/a", 60, 100)
+    p.report("hash 2/2", 5, 50, src="/b")
+    state = json.load(open(path))
+    assert (state["phase"], state["src"], state["bytes_done"], state["bytes_total"]) == ("hash 2/2", "/b", 5, 50)
+    assert first["bytes_done"] == 10
+    assert c.progress_file_for(None, "/a", "/b") is None and c.progress_file_for(path, "/a", "/b", True) is None

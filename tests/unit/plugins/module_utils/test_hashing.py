@@ -266,3 +266,16 @@ def test_relative_paths_are_refused(tmp_path, random_file):
                  lambda: h.collect_expected(checksum_file="SHA256SUMS")):
         with pytest.raises(InvalidInputError, match="is relative"):
             call()
+
+
+def test_hash_and_verify_reports_each_files_progress(tmp_path):
+    paths = []
+    for name, size in (("a.raw", 3 << 20), ("b.raw", 1 << 20)):
+        path = str(tmp_path / name)
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        paths.append(path)
+    seen = []
+    h.hash_and_verify(paths, block_size=1 << 20, progress=lambda *a: seen.append(a))
+    assert seen[0][0] == "hash 1/2" and seen[0][3] == paths[0]
+    assert ("hash 1/2", 3 << 20, 3 << 20, paths[0]) in seen and seen[-1] == ("hash 2/2", 1 << 20, 1 << 20, paths[1])

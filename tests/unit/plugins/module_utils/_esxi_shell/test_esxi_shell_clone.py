@@ -17,6 +17,7 @@ import pytest
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import DestinationError, HashMismatchError, InvalidInputError
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import clone as ec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import ProgressFile
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import UNDO_HANDLERS, Journal, UndoContext
 from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import clone as vc
 
@@ -301,3 +302,31 @@ def test_the_copy_read_back_on_the_host_must_equal_its_source():
     # a consolidated delta: nothing to equal, the clone's digests still returned
     assert ec.read_back(other, dict(item, equal_to=None), hashed, ["sha256"]) == {
         "dest_digests": {"sha256": "ff"}, "verified": False}
+
+
+def test_the_percent_watcher_reports_each_new_percent_also_across_chunks():
+    seen = []
+    watch = ec.percent_watcher(seen.append)
+    for chunk in (b"Destination disk format: VMFS thin-provisioned\nCloning disk 'x'...\n", b"Clone: 5% do",
+                  b"ne.\r", b"Clone: 5% done.\rClone: 30% done.\rClone: 37% done.\rClo", b"ne: 100% done.\n"):
+        watch(chunk)
+    assert seen == [5, 37, 100]  # the newest of a chunk; a percent split over two chunks counts once
+    assert ec.percent_watcher(None) is None
+
+
+def test_clone_progress_turns_the_hosts_percent_into_bytes(tmp_path):
+    path = str(tmp_path / "p.json")
+    progress = ProgressFile(path, None, None, interval=0.0)
+    report = vc.clone_progress(progress, {"kind": "disk", "virtual_bytes": 8 << 30, "src": "[ds] vm/vm.vmdk",
+                                                 "dest": "[ev] case/vm.vmdk", "source_files": []})
+    report(25)
+    state = json.load(open(path))
+    assert (state["phase"], state["bytes_done"], state["bytes_total"]) == ("clone", 2 << 30, 8 << 30)
+    assert state["src"] == "[ds] vm/vm.vmdk" and state["dest"] == "[ev] case/vm.vmdk"
+    report(140)  # never more than the whole
+    assert json.load(open(path))["bytes_done"] == 8 << 30
+    files = {"kind": "file", "src": "[ds] vm/vm.vmsn", "dest": "[ev] case/vm.vmsn", "source_files": [{"size": 300}]}
+    vc.clone_progress(progress, files)(50)
+    state = json.load(open(path))
+    assert (state["phase"], state["bytes_done"], state["bytes_total"]) == ("copy", 150, 300)
+    assert vc.clone_progress(None, files) is None

@@ -271,3 +271,31 @@ def test_a_connection_lost_while_a_command_runs(fake):
             client.run(["sleep", "5"], timeout=5)
         with pytest.raises(SshConnectionError, match="was lost; connect again"):
             client.run(["true"])
+
+
+def test_a_watcher_sees_the_output_as_it_comes_and_it_is_kept_whole(fake):
+    """vmkfstools redraws its percent with a carriage return: the watcher sees each chunk while the command runs."""
+    def clone(channel):
+        for pct in (0, 40, 80):
+            channel.sendall(b"Clone: %d%% done.\r" % pct)
+            time.sleep(0.1)
+        channel.sendall(b"Clone: 100% done.\n")
+        channel.send_exit_status(0)
+        channel.close()
+
+    seen = []
+    server = fake(on_exec=clone)
+    with server.client() as client:
+        rc, out, err = client.run(["vmkfstools", "-i", "a", "b"], watch=lambda chunk: seen.append((time.monotonic(), chunk)))
+    assert rc == 0 and out == b"Clone: 0% done.\rClone: 40% done.\rClone: 80% done.\rClone: 100% done.\n"
+    assert b"".join(c for _t, c in seen) == out and len(seen) >= 3
+    assert seen[-1][0] - seen[0][0] >= 0.15  # seen while it ran, not all at the end
+
+
+def test_a_watcher_that_raises_loses_no_output(fake):
+    def boom(chunk):
+        raise ValueError("watcher bug")
+
+    server = fake()
+    with server.client() as client:
+        assert client.run(["echo", "hello"], watch=boom) == (0, b"hello\n", b"warning\n")

@@ -891,10 +891,32 @@ def test_module_argument_spec_matches_its_documentation():
     doc = yaml.safe_load(m.DOCUMENTATION)
     spec = m.argument_spec()
     own = set(spec) - set(["hostname", "username", "password", "port", "validate_certs", "ca_file", "thumbprint",
-                           "timeout", "case_id", "journal_dir"])
+                           "timeout", "case_id", "journal_dir", "progress_file"])  # in doc fragments
     assert own == set(doc["options"])
     assert spec["areas"]["options"].keys() == doc["options"]["areas"]["suboptions"].keys()
     returned = yaml.safe_load(m.RETURN)
     for key in ("src", "dest", "size", "data_bytes", "hole_bytes", "digests", "dest_digests", "verified",
                 "resumed_from", "src_url", "transport", "areas_used", "tls", "seconds", "rate_mib_s"):
         assert key in returned
+
+
+def test_a_fetch_writes_its_progress_file_as_evidence_copy_does(session, disk, dest_dir, tmp_path, monkeypatch):
+    src, dummy = disk
+    dest = os.path.join(dest_dir, "disk [1]-flat.vmdk")
+    progress = str(tmp_path / "progress.json")
+    monkeypatch.setattr(f._copy, "PROGRESS_INTERVAL", 0.0)
+    phases = []
+
+    def watch(phase, done, total):
+        with open(progress) as fp:
+            phases.append(json.load(fp)["phase"])
+
+    fetch(session, src, dest, progress=watch, progress_file=progress)
+    with open(progress) as fp:
+        last = json.load(fp)
+    assert phases[0] == "copy" and "verify" in phases
+    assert (last["phase"], last["bytes_done"], last["bytes_total"], last["src"], last["dest"]) == (
+        "done", 24 * MIB, 24 * MIB, src, dest)
+    check = str(tmp_path / "check.json")
+    r = fetch(session, src, os.path.join(dest_dir, "other.vmdk"), check_mode=True, progress_file=check)
+    assert r["changed"] and not os.path.exists(check)  # check mode writes nothing, not even its progress

@@ -309,8 +309,10 @@ class Client(object):
     def tls_record(self):
         return {"verified": True, "how": "thumbprint", "thumbprint_sha256": "AA"}
 
-    def wait_for_task(self, task, what, timeout=None):
+    def wait_for_task(self, task, what, timeout=None, progress=None):
         self.waited.append((task.kind, what, timeout))
+        if progress is not None:
+            progress(100)
         if task in self.world.running:
             self.world.running.remove(task)
             task.state = "success"
@@ -371,9 +373,11 @@ class _Login(object):
 
 
 def fake_hash(session, src, datacenter, algorithms=("sha256",), areas=None, areas_note=None, block_size=None,
-              retries=None, datastores=(), modified_lookup=None):
+              retries=None, datastores=(), modified_lookup=None, progress=None):
     world = WORLDS[-1]
     data = world.files[src]
+    if progress is not None:
+        progress(len(data), len(data))
     return {"src": src, "size": len(data), "data_bytes": len(data), "hole_bytes": 0,
             "digests": dict((a, hashlib.new(a, data).hexdigest()) for a in algorithms),
             "source_identity": {"size": len(data), "modified": vf.http_date_utc(world.modified[src]), "from": "HEAD"},
