@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test test-slow setup sanity lint unit integration build lab-up lab-down lab-status bench bench-lab clean
+.PHONY: help demo test test-slow setup sanity lint unit integration build docs lab-up lab-down lab-status bench bench-lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -37,6 +37,9 @@ test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the
 
 build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module
 	scripts/build.sh
+
+docs:  ## build the documentation site offline (antsibull-docs + sphinx -W)
+	scripts/docs.sh
 
 lab-up:  ## bring the lab up (idempotent)
 	bash lab/up.sh
