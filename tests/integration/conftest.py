@@ -9,6 +9,7 @@ then a missing lab is a failure, not a skip: CI must never pass by skipping the 
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ LAB_GROUPS = {
     "test_lab.py": "kvm1", "test_acquire_kvm.py": "kvm1", "test_acquire_kvm_iscsi.py": "kvm1",
     "test_case_records.py": "kvm1", "test_iscsi_target_secrets.py": "kvm1", "test_memory_layout.py": "kvm1",
     "test_targets.py": "kvm1", "test_awx_runner.py": "kvm1", "test_progress.py": "kvm1",
+    "test_molecule_kvm.py": "kvm1", "test_molecule_esxi.py": "esx1",
     "test_acquire_esxi.py": "esx1", "test_acquire_esxi_iscsi.py": "esx1", "test_acquire_esxi_ssh.py": "esx1",
     "test_datastore_fetch.py": "esx1", "test_esxi_iscsi_datastore.py": "esx1",
     "test_esxi_iscsi_datastore_ssh.py": "esx1", "test_esxi_snapshot_ssh.py": "esx1", "test_vmfs_reader.py": "esx1",
@@ -202,3 +204,21 @@ def pending_at_work(records, module, what=""):
     ended = set(r["ref"] for r in records if r.get("kind") == "undone")
     return [r for r in records if r.get("kind") == "change" and r.get("action") == "module.running"
             and r["undo"]["module"] == module and what in r["undo"]["what"] and r["id"] not in ended]
+
+
+def molecule_test(scenario, timeout=1200):
+    """``molecule test -s scenario``: (return code, output without colours)."""
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith("ANSIBLE_"))
+    env.update(PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), NO_COLOR="1", ANSIBLE_FORCE_COLOR="0",
+               PY_COLORS="0")
+    done = subprocess.run([os.path.join(VENV_BIN, "molecule"), "test", "-s", scenario], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout,
+                          check=False)
+    return done.returncode, re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+
+
+def molecule_recap(out, scenario):
+    """(actions, successful, failed) of the scenario's recap in molecule's output."""
+    m = re.search(r"^%s\s*: actions=(\d+)\s+successful=(\d+).*failed=(\d+)" % scenario, out, re.M)
+    assert m, out[-3000:]
+    return tuple(int(x) for x in m.groups())
