@@ -28,7 +28,7 @@ author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 options:
   vmem:
-    description: Datastore path of the snapshot's C(.vmem) (RV(dfir.vmcollect.esxi_snapshot#module:memory.vmem.path)).
+    description: Datastore path of the snapshot's C(.vmem) (C(vmem.path) of RV(dfir.vmcollect.esxi_snapshot#module:memory)).
     type: str
     required: true
   vmsn:

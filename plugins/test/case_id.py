@@ -13,7 +13,7 @@ version_added: 0.2.0
 short_description: Whether a value is a usable case id
 description:
   - True when the value is a case id every module of this collection accepts, the same rule the modules
-    apply (O(case_id) of every module).
+    apply (C(case_id) of every module, for example O(dfir.vmcollect.case_lock#module:case_id)).
   - 1 to 128 characters, letters, digits, V(.), V(_) and V(-), starting with a letter or a digit. The case
     id names journals, folders, files, iSCSI targets and QEMU ids on every host, so nothing else is accepted.
   - Only text is a case id; a number (an unquoted V(20261121) in YAML) is not.
