@@ -13,9 +13,14 @@ stage "setup: apt packages and .venv"
 scripts/setup.sh
 # ansible-test sanity keeps one core busy for minutes: it runs beside the lint, the build and the lab's set-up, on
 # the other core, and its output is printed once it has ended (before the tests, which need both cores)
+# the documentation site (scripts/docs.sh: antsibull-docs, sphinx-build -W) is built after it, in the same background
 SANITY_LOG=$(mktemp "${TMPDIR:-/tmp}/vmcollect-sanity-log.XXXXXX")
-stage "ansible-test sanity, in the background (its output follows when it ends)"
-setsid scripts/sanity.sh > "$SANITY_LOG" 2>&1 &  # a process group of its own, to stop it whole
+stage "ansible-test sanity, then the documentation site, in the background (their output follows when they end)"
+# a process group of its own, to stop it whole; exit 1: sanity failed, 2: the docs build, 3: both
+# shellcheck disable=SC2016  # the inner shell expands its own variables
+setsid bash -c 'rc=0; echo "--- ansible-test sanity"; scripts/sanity.sh || rc=1
+  echo "--- the documentation site (scripts/docs.sh)"; scripts/docs.sh || rc=$((rc + 2)); exit "$rc"' \
+  > "$SANITY_LOG" 2>&1 &
 SANITY_PID=$!
 sanity_result() {
   local rc=0
@@ -23,7 +28,12 @@ sanity_result() {
   SANITY_PID=""  # ended: its process group id is not ours to signal any more
   cat "$SANITY_LOG"
   rm -f "$SANITY_LOG"
-  if [ "$rc" -ne 0 ]; then echo "ansible-test sanity failed (exit $rc)"; fi
+  case "$rc" in
+    0) ;;
+    1) echo "ansible-test sanity failed" ;;
+    2) echo "the documentation site's build failed" ;;
+    *) echo "ansible-test sanity and the documentation site's build failed (exit $rc)" ;;
+  esac
   return "$rc"
 }
 mkdir -p "$LAB_DIR"
@@ -48,7 +58,7 @@ bash lab/up.sh
 stage "the lab's own life cycle (down and up again: alone)"
 VMCOLLECT_REQUIRE_LAB=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -ra tests/integration/lab/test_lab_lifecycle.py
 
-stage "ansible-test sanity: its output"
+stage "ansible-test sanity and the documentation site: their output"
 sanity_result
 
 stage "unit and integration tests"
