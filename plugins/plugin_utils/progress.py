@@ -140,7 +140,8 @@ class ProgressAction(ActionBase):
         def work():
             try:
                 outcome["result"] = self._execute_module(module_args=args, task_vars=task_vars)
-            except BaseException as e:  # pylint: disable=broad-except - handed to the task's own thread
+            # handed to the task's own thread, which raises it
+            except BaseException as e:  # pylint: disable=broad-except
                 outcome["error"] = e
 
         worker = threading.Thread(target=work, name="vmcollect-module")
@@ -169,7 +170,8 @@ class ProgressAction(ActionBase):
             command = "%s -c %s" % (self._play_context.executable, shlex.quote(command))
         try:
             rc, stdout, dummy = connection.exec_command(command, sudoable=False)
-        except Exception as e:  # pylint: disable=broad-except - a failed reading is a missed line, not a failed task
+        # a failed reading is a missed line, not a failed task
+        except Exception as e:  # pylint: disable=broad-except
             display.vvv("Progress not read from %s: %s" % (path, to_text(e)))
             return None
         if rc != 0:

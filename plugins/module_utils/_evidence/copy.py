@@ -466,7 +466,7 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
     partial = dest + PARTIAL_SUFFIX
     sidecar_path = dest + SIDECAR_SUFFIX
     reporter = Reporter(None if check_mode or progress_file is None else ProgressFile(progress_file, src, dest),
-                         progress)
+                        progress)
 
     fd, st = open_source(src)
     try:

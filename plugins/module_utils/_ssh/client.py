@@ -545,7 +545,8 @@ class _Reader(threading.Thread):
             if self._watch is not None:
                 try:
                     self._watch(data)
-                except Exception:  # pylint: disable=broad-except - a watcher's failure never loses the output
+                # a watcher's failure never loses the output
+                except Exception:  # pylint: disable=broad-except
                     self._watch = None
             if self.overflow or self.size + len(data) > self._limit:
                 self.overflow = True

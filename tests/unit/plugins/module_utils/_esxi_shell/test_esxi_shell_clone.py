@@ -318,7 +318,7 @@ def test_clone_progress_turns_the_hosts_percent_into_bytes(tmp_path):
     path = str(tmp_path / "p.json")
     progress = ProgressFile(path, None, None, interval=0.0)
     report = vc.clone_progress(progress, {"kind": "disk", "virtual_bytes": 8 << 30, "src": "[ds] vm/vm.vmdk",
-                                                 "dest": "[ev] case/vm.vmdk", "source_files": []})
+                                          "dest": "[ev] case/vm.vmdk", "source_files": []})
     report(25)
     state = json.load(open(path))
     assert (state["phase"], state["bytes_done"], state["bytes_total"]) == ("clone", 2 << 30, 8 << 30)
