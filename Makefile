@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test test-slow setup sanity lint unit integration build docs lab-up lab-down lab-status bench bench-lab clean
+.PHONY: help demo test test-slow test-cores setup sanity lint unit integration build docs lab-up lab-down lab-status bench bench-lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -34,6 +34,9 @@ integration: setup lab-up  ## integration tests on the lab (leaves the lab up)
 
 test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the CI run): guests of 4-8 GiB, NUMA, more kill and link faults
 	VMCOLLECT_SLOW=1 VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider -m slow tests/integration
+
+test-cores: setup  ## sanity + unit tests on each ansible-core 2.16-2.21, latest patch (slow, not in CI; CORES="2.16 2.21" for some)
+	scripts/core-matrix.sh $(CORES)
 
 build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module
 	scripts/build.sh
