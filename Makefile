@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test test-slow test-cores setup sanity lint unit integration build docs lab-up lab-down lab-status bench bench-lab clean
+.PHONY: help demo test test-slow test-cores molecule setup sanity lint unit integration build docs lab-up lab-down lab-status bench bench-lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -37,6 +37,9 @@ test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the
 
 test-cores: setup  ## sanity + unit tests on each ansible-core 2.16-2.21, latest patch (slow, not in CI; CORES="2.16 2.21" for some)
 	scripts/core-matrix.sh $(CORES)
+
+molecule: setup build  ## every molecule scenario of the roles (extensions/molecule) on the lab; brings it up and down if it was down
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test --all
 
 build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module
 	scripts/build.sh
