@@ -92,7 +92,7 @@ TOWER = {"tower_job_id": "awx_job_id", "tower_user_name": "awx_user_name",
 
 def _plain(value, secret_names):
     """JSON-able copy of ``value``: vaulted values and the keys in ``secret_names`` redacted."""
-    if getattr(value, "__ENCRYPTED__", False) or type(value).__name__ == "AnsibleVaultEncryptedUnicode":
+    if getattr(value, "__ENCRYPTED__", False) or value.__class__.__name__ == "AnsibleVaultEncryptedUnicode":
         return REDACTED
     if isinstance(value, dict):
         return dict((to_native(k), REDACTED if to_native(k) in secret_names else _plain(v, secret_names))

@@ -86,6 +86,8 @@ def run(argv, data=None, timeout=DEFAULT_TIMEOUT, pass_fds=(), env=None, cwd=Non
             raise InvalidInputError("A program that daemonizes gets no stdin data; pass a pipe in pass_fds.")
         return _run_daemonizing(argv, timeout, pass_fds, env, cwd)
     try:
+        # not run_command (module_utils get no AnsibleModule): a child bounded in time, in a process group of its own
+        # pylint: disable-next=ansible-bad-function
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
                                 close_fds=True, cwd=cwd, env=dict(os.environ, **env) if env else None,
@@ -108,6 +110,8 @@ def run(argv, data=None, timeout=DEFAULT_TIMEOUT, pass_fds=(), env=None, cwd=Non
 def _run_daemonizing(argv, timeout, pass_fds, env, cwd):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
+            # not run_command (module_utils get no AnsibleModule): a child bounded in time, in a process group of its own
+            # pylint: disable-next=ansible-bad-function
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=tuple(pass_fds),
                                     close_fds=True, cwd=cwd or "/", env=dict(os.environ, **env) if env else None,
                                     start_new_session=True)
@@ -139,6 +143,8 @@ def spawn(argv, cwd="/"):
     """
     argv = [str(a) for a in argv]
     with open(os.devnull, "r+b") as null:
+        # not run_command (module_utils get no AnsibleModule): a child bounded in time, in a process group of its own
+        # pylint: disable-next=ansible-bad-function
         proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, close_fds=True, cwd=cwd,
                                 start_new_session=True)
     return proc.pid
