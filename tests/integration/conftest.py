@@ -222,3 +222,12 @@ def molecule_recap(out, scenario):
     m = re.search(r"^%s\s*: actions=(\d+)\s+successful=(\d+).*failed=(\d+)" % scenario, out, re.M)
     assert m, out[-3000:]
     return tuple(int(x) for x in m.groups())
+
+
+def assert_molecule_passes(scenario, steps):
+    """``molecule test -s scenario`` passes with each of ``steps`` successful, and nothing else in its recap."""
+    rc, out = molecule_test(scenario)
+    assert rc == 0, out[-6000:]
+    assert molecule_recap(out, scenario) == (len(steps), len(steps), 0), out[-3000:]
+    for step in steps:
+        assert re.search(r"\[%s > %s\] Executed: Successful" % (scenario, step), out), step

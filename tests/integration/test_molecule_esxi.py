@@ -4,14 +4,8 @@
 the lab's esx1 through its vSphere API; converge, idempotence, verify), run as a developer runs it, on the lab (up
 already)."""
 
-import re
-
-from conftest import molecule_recap, molecule_test
+from conftest import assert_molecule_passes
 
 
 def test_esxi_https_converges_is_idempotent_and_verifies(lab):
-    rc, out = molecule_test("esxi_https")
-    assert rc == 0, out[-6000:]
-    assert molecule_recap(out, "esxi_https") == (5, 5, 0)
-    for step in ("create", "converge", "idempotence", "verify", "destroy"):
-        assert re.search(r"\[esxi_https > %s\] Executed: Successful" % step, out), step
+    assert_molecule_passes("esxi_https", ("create", "converge", "idempotence", "verify", "destroy"))

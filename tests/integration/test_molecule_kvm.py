@@ -9,23 +9,15 @@ too: converge, the rerun as its side effect, verify) takes about 2.5 minutes and
 (``make test-slow``) and ``make molecule``.
 """
 
-import re
-
 import pytest
 
-from conftest import molecule_recap, molecule_test
+from conftest import assert_molecule_passes
 
 
 def test_kvm_local_converges_is_idempotent_and_verifies(lab):
-    rc, out = molecule_test("kvm_local")
-    assert rc == 0, out[-6000:]
-    assert molecule_recap(out, "kvm_local") == (5, 5, 0)
-    for step in ("create", "converge", "idempotence", "verify", "destroy"):
-        assert re.search(r"\[kvm_local > %s\] Executed: Successful" % step, out), step
+    assert_molecule_passes("kvm_local", ("create", "converge", "idempotence", "verify", "destroy"))
 
 
 @pytest.mark.slow
 def test_kvm_iscsi_converges_reruns_without_writing_the_sealed_volume_and_verifies(lab):
-    rc, out = molecule_test("kvm_iscsi")
-    assert rc == 0, out[-6000:]
-    assert molecule_recap(out, "kvm_iscsi") == (5, 5, 0)
+    assert_molecule_passes("kvm_iscsi", ("create", "converge", "side_effect", "verify", "destroy"))
