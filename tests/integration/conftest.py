@@ -36,7 +36,7 @@ COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 LAB_GROUPS = {
     "test_lab.py": "kvm1", "test_acquire_kvm.py": "kvm1", "test_acquire_kvm_iscsi.py": "kvm1",
     "test_case_records.py": "kvm1", "test_iscsi_target_secrets.py": "kvm1", "test_memory_layout.py": "kvm1",
-    "test_targets.py": "kvm1", "test_awx_runner.py": "kvm1", "test_progress.py": "kvm1",
+    "test_targets.py": "kvm1", "test_awx_runner.py": "kvm1", "test_progress_lines.py": "kvm1",
     "test_molecule_kvm.py": "kvm1", "test_molecule_esxi.py": "esx1",
     "test_acquire_esxi.py": "esx1", "test_acquire_esxi_iscsi.py": "esx1", "test_acquire_esxi_ssh.py": "esx1",
     "test_datastore_fetch.py": "esx1", "test_esxi_iscsi_datastore.py": "esx1",
