@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # awx.awx, the collection extensions/awx/setup.yml runs with, into .build/awx-collections (outside the venv): taken
 # from the `ansible` package on PyPI (the community bundle ships it) without installing that package. ansible-lint
-# (scripts/lint.sh) checks setup.yml's module arguments against awx.awx's argument specs with it.
+# (scripts/lint.sh) resolves setup.yml's modules with it; tests/unit/test_awx_setup.py checks their arguments against
+# awx.awx's own argument specs.
 #   scripts/awx-collection.sh        prints the collections path to add to ANSIBLE_COLLECTIONS_PATH
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -5,7 +5,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
 cd "$ROOT"
-# awx.awx for extensions/awx/setup.yml (its module arguments are checked against awx.awx's argument specs)
+# awx.awx, so that ansible-lint resolves extensions/awx/setup.yml's modules (it does not check their arguments:
+# tests/unit/test_awx_setup.py does, against awx.awx's argument specs)
 AWX_COLLECTIONS=$(scripts/awx-collection.sh)
 export ANSIBLE_COLLECTIONS_PATH=$ROOT/.build/collections:$AWX_COLLECTIONS
 export PATH=$VENV/bin:$PATH
