@@ -465,8 +465,7 @@ def copy_evidence(src, dest, algorithms=("sha256",), expected=None, force=False,
     folder = os.path.dirname(dest)
     partial = dest + PARTIAL_SUFFIX
     sidecar_path = dest + SIDECAR_SUFFIX
-    reporter = Reporter(None if check_mode or progress_file is None else ProgressFile(progress_file, src, dest),
-                        progress)
+    reporter = Reporter(progress_file_for(progress_file, src, dest, check_mode), progress)
 
     fd, st = open_source(src)
     try:
