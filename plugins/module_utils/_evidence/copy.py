@@ -188,11 +188,11 @@ class ProgressFile(object):
         self._phase = "done"
         self.update(done, force=True)
 
-    def report(self, phase, done, total, src=None):
-        """``update`` for a caller that only says its phase, bytes done and total, for one source after another
-        (``src``): a new phase or source starts a new rate and ETA."""
-        if src is not None and src != self.src:
-            self.src = src
+    def report(self, phase, done, total, src=None, dest=None):
+        """``update`` for a caller that only says its phase, bytes done and total, for one source (and destination)
+        after another: a new phase, source or destination starts a new rate and ETA."""
+        if (src, dest) != (self.src, self.dest):
+            self.src, self.dest = src, dest
             self._phase = None
         if phase != self._phase:
             self.start(phase, total, None)

@@ -689,8 +689,8 @@ def clone_progress(progress, item):
     phase = "clone" if item["kind"] == "disk" else "copy"
 
     def report(percent):
-        progress.dest = item["dest"]
-        progress.report(phase, int(total * min(max(int(percent), 0), 100) / 100), total, src=item["src"])
+        progress.report(phase, int(total * min(max(int(percent), 0), 100) / 100), total, src=item["src"],
+                        dest=item["dest"])
     return report
 
 

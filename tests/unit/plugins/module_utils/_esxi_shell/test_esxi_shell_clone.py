@@ -330,3 +330,6 @@ def test_clone_progress_turns_the_hosts_percent_into_bytes(tmp_path):
     state = json.load(open(path))
     assert (state["phase"], state["bytes_done"], state["bytes_total"]) == ("copy", 150, 300)
     assert vc.clone_progress(None, files) is None
+    vc._hash_progress(progress, "[ds] vm/vm.vmem")(10, 100)  # pylint: disable=protected-access
+    state = json.load(open(path))  # the file hashed is named, not the last copy's destination
+    assert (state["phase"], state["src"], state["dest"], state["bytes_done"]) == ("hash source", "[ds] vm/vm.vmem", None, 10)
