@@ -12,22 +12,26 @@ stage() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - T0 ))"; }
 stage "setup: apt packages and .venv"
 scripts/setup.sh
 # ansible-test sanity keeps one core busy for minutes: it runs beside the lint, the build and the lab's set-up, on
-# the other core, and its output is printed once it has ended (before the tests, which need both cores)
-# the documentation site (scripts/docs.sh: antsibull-docs, sphinx-build -W) is built after it, in the same background
+# the other core, and its output is printed once it has ended (before the tests, which need both cores). The
+# documentation site (scripts/docs.sh: its venv, antsibull-docs, sphinx-build -W) is built at the same time: its venv's
+# downloads wait on the network, not on a core, and run after sanity they held the tests back.
 SANITY_LOG=$(mktemp "${TMPDIR:-/tmp}/vmcollect-sanity-log.XXXXXX")
-stage "ansible-test sanity, then the documentation site, in the background (their output follows when they end)"
+DOCS_LOG=$(mktemp "${TMPDIR:-/tmp}/vmcollect-docs-log.XXXXXX")
+stage "ansible-test sanity and the documentation site, in the background (their output follows when they end)"
 # a process group of its own, to stop it whole; exit 1: sanity failed, 2: the docs build, 3: both
 # shellcheck disable=SC2016  # the inner shell expands its own variables
-setsid bash -c 'rc=0; echo "--- ansible-test sanity"; scripts/sanity.sh || rc=1
-  echo "--- the documentation site (scripts/docs.sh)"; scripts/docs.sh || rc=$((rc + 2)); exit "$rc"' \
-  > "$SANITY_LOG" 2>&1 &
+setsid bash -c 'scripts/sanity.sh > "$1" 2>&1 & sanity=$!; scripts/docs.sh > "$2" 2>&1 & docs=$!
+  rc=0; wait "$sanity" || rc=1; wait "$docs" || rc=$((rc + 2)); exit "$rc"' _ "$SANITY_LOG" "$DOCS_LOG" &
 SANITY_PID=$!
 sanity_result() {
   local rc=0
   wait "$SANITY_PID" || rc=$?
   SANITY_PID=""  # ended: its process group id is not ours to signal any more
+  echo "--- ansible-test sanity"
   cat "$SANITY_LOG"
-  rm -f "$SANITY_LOG"
+  echo "--- the documentation site (scripts/docs.sh)"
+  cat "$DOCS_LOG"
+  rm -f "$SANITY_LOG" "$DOCS_LOG"
   case "$rc" in
     0) ;;
     1) echo "ansible-test sanity failed" ;;

@@ -506,6 +506,7 @@ def throttled_vm(lab, tmp_path):
         subprocess.run(["rm", "-rf", folder], check=False)
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_kill_9_during_a_copy_onto_the_lun_one_teardown_then_the_same_case_completes(iscsi, lab, throttled_vm):
     """The copy runs on after ansible-playbook is killed; ONE teardown stops it first (no "target is busy"), then
     detaches and unexports; the rerun of the same case grows the LUN for room beside what the killed run left, sets

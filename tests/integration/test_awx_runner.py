@@ -19,6 +19,7 @@ custody log names the AWX job and user, and no secret lands in the job's artifac
 import glob
 import json
 import os
+import re
 import stat
 import subprocess
 
@@ -134,7 +135,9 @@ def test_the_job_events_show_each_copy_while_it_runs(job):
     lines = [e for e in job["events"] if e.get("event") == "verbose" and "PROGRESS [kvm1] evidence_copy" in
              e.get("stdout", "")]
     assert started and ended and lines, _stdout(job)[-4000:]
-    assert any(" MiB of " in e["stdout"] or " GiB of " in e["stdout"] for e in lines), [e["stdout"] for e in lines]
+    # what a line says (bytes, rate, ETA) is test_progress_lines.py's part, on a copy long enough to report them: the
+    # lab guest's copies take about a second, and may end before the module has written its first report
+    assert all(re.match(r"PROGRESS \[kvm1\] evidence_copy, \d+s in: ", e["stdout"].strip()) for e in lines), lines
     assert all(started[0] < e["counter"] < ended[-1] for e in lines)
 
 

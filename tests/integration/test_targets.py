@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run every integration target (tests/integration/targets/<name>) on the lab hosts over SSH.
 
-A target is a role in the ansible-test layout; its ``aliases`` file names the inventory
-group it runs on (``hosts/<group>``, default ``all``). The play must succeed on every host,
-and a target that is played twice must change nothing the second time.
+A target is a role in the ansible-test layout; its ``aliases`` file names the inventory group it runs on
+(``hosts/<group>``, default ``all``), and ``slow`` keeps it out of CI's run (``make test-slow``). The play must succeed
+on every host, and a target that is played twice must change nothing the second time.
 """
 
 import os
@@ -29,7 +29,9 @@ def _targets():
             with open(aliases) as f:
                 words = f.read().split()
             hosts = [w.split("/", 1)[1] for w in words if w.startswith("hosts/")] or ["all"]
-            yield pytest.param(name, ":".join(hosts), id=name)
+            # "slow": outside the CI budget (make test-slow), for a target whose module the acquisitions run in CI too
+            marks = [pytest.mark.slow] if "slow" in words else []
+            yield pytest.param(name, ":".join(hosts), id=name, marks=marks)
 
 
 @pytest.mark.parametrize("target,hosts", list(_targets()))

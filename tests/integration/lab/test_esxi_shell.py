@@ -200,6 +200,7 @@ def test_memory_snapshot_clone_and_remove(sim):
         assert vm.snapshot is None and not vm.runtime.consolidationNeeded
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_esxcli_software_iscsi_round_trip(sim):
     def enabled_api():
         with api(sim) as c:
@@ -455,6 +456,7 @@ def csv_rows(b, line):
     return parse.esxcli_csv(out)
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_iscsi_datastore_over_ssh(bed):
     from pyVmomi import vim
     b = bed

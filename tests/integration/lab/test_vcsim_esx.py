@@ -287,6 +287,7 @@ def test_esx_content(esx):
             assert vm.rootSnapshot == []
 
 
+@pytest.mark.slow  # outside the CI budget: make test-slow
 def test_esx_memory_snapshot_cycle(esx):
     v = esx.labvm(CBT_VM)
     d = v["disks"][0]
