@@ -193,7 +193,8 @@ def test_wrong_thumbprint_is_refused_before_anything_is_sent(acquisition, esx, a
     assert host_state(esx) == before
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_vsphere_modules.py's test_disks_a_snapshot_cannot_freeze_are_refused_then_accepted
+@pytest.mark.slow
 def test_independent_disk_is_refused_then_skipped_when_asked(acquisition, esx, ansible_playbook):
     work = acquisition["work"]
     name = [v["name"] for v in esx["vms"].values() if v["role"] == "independent-disk"][0]
@@ -315,7 +316,8 @@ def vcenter(lab, tmp_path_factory):
         subprocess.run(["bash", ctl, "stop", envfile], env=env, check=False, stdout=subprocess.DEVNULL, timeout=60)
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); the vCenter path in CI: test_esxi_iscsi_datastore.py's test_through_a_vcenter_...
+@pytest.mark.slow
 def test_through_a_vcenter(acquisition, vcenter, ansible_playbook):
     """The same acquisition through a vCenter (api_type VirtualCenter, datacenter DC0), host restored exactly."""
     env = vcenter["env"]

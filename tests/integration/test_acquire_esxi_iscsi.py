@@ -265,7 +265,8 @@ def test_kill_after_the_datastore_is_made_then_one_teardown_restores_both_hosts(
                           universal_newlines=True).stdout == digest
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_esxi_iscsi_datastore.py's test_a_wrong_chap_secret_finds_no_lun_...
+@pytest.mark.slow
 def test_a_login_the_collector_refuses_fails_the_attach_and_leaves_both_hosts_clean(acquisition, lab, esx):
     """The target's CHAP secret is changed behind the run's back (the playbook stopped between the export and the
     attach): the host's login is refused, the datastore is never made, and the run's own cleanup restores both hosts."""

@@ -203,7 +203,8 @@ def journal_path(journal_dir, case):
 
 # -- the tests, in order: they share one simulator --------------------------------------------------------------
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi_iscsi.py's check mode and its state=adapter
+@pytest.mark.slow
 def test_check_mode_changes_nothing_and_state_adapter_gives_the_iqn(bed, journal_dir):
     t0 = time.monotonic()
     before, adapter = bed.state()
@@ -276,7 +277,8 @@ def test_a_size_that_two_luns_share_is_refused_listing_both(bed, journal_dir):
     assert ok and td["removed"] and bed.state() == (before, adapter), out
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi_iscsi.py attaches, writes, reruns and restores
+@pytest.mark.slow
 def test_present_attaches_writes_land_on_the_lun_rerun_is_idempotent_teardown_restores(bed, journal_dir):
     t0 = time.monotonic()
     before, adapter = bed.state()
@@ -388,7 +390,8 @@ def test_a_module_killed_while_the_datastore_is_made_is_undone_by_teardown(bed, 
     assert debugfs_cat(bed.backing[2], 2048 * 512, "/after-the-kill.txt") == b"still evidence\n"
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: the role releases the datastore with state=absent in test_acquire_esxi_iscsi.py
+@pytest.mark.slow
 def test_state_absent_undoes_the_case_now_and_teardown_finds_nothing_left(bed, journal_dir):
     before, adapter = bed.state()
     name = "dfir-case-f"

@@ -337,7 +337,8 @@ def test_6_the_case_teardown_keeps_the_completed_copies(sim, case):
     assert tree(local(sim, EVIDENCE)) == evidence_before
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi_iscsi.py writes the records onto the datastore and reads them on the volume
+@pytest.mark.slow
 def test_7_datastore_upload_writes_the_case_records_beside_the_copies_and_reads_them_back(sim, case, tmp_path):
     """The case's records go into the folder the copies made on the evidence datastore; the same bytes again change
     nothing; a different file is replaced only when asked; a datastore holding a VM, or a folder that does not exist,

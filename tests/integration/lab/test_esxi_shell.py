@@ -200,7 +200,8 @@ def test_memory_snapshot_clone_and_remove(sim):
         assert vm.snapshot is None and not vm.runtime.consolidationNeeded
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi_ssh.py turns software iSCSI on and off with these commands
+@pytest.mark.slow
 def test_esxcli_software_iscsi_round_trip(sim):
     def enabled_api():
         with api(sim) as c:
@@ -456,7 +457,8 @@ def csv_rows(b, line):
     return parse.esxcli_csv(out)
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi_ssh.py makes and releases the datastore on this shell
+@pytest.mark.slow
 def test_iscsi_datastore_over_ssh(bed):
     from pyVmomi import vim
     b = bed

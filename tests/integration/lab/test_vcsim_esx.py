@@ -287,7 +287,8 @@ def test_esx_content(esx):
             assert vm.rootSnapshot == []
 
 
-@pytest.mark.slow  # outside the CI budget: make test-slow
+# outside the CI budget (make test-slow); in CI: test_vsphere_modules.py and the ESXi acquisitions take and remove memory snapshots
+@pytest.mark.slow
 def test_esx_memory_snapshot_cycle(esx):
     v = esx.labvm(CBT_VM)
     d = v["disks"][0]
