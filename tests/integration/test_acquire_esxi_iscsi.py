@@ -358,6 +358,8 @@ def test_the_volume_holds_the_case_and_opens_as_an_examiner_opens_it(acquisition
     assert esx["content"]["ram_banner"][:40] in result.stdout, result.stdout[-2000:]
 
 
+# outside the CI budget (make test-slow); a refusal of the role's before the datastore is made; the restored host is shown in CI by the kill test above
+@pytest.mark.slow
 def test_an_inventory_iqn_that_is_not_the_adapters_is_refused_and_the_host_restored(acquisition, lab, esx,
                                                                                     ansible_playbook):
     """The adapter's name is known only once software iSCSI is on (a change): a wrong vmcollect_initiator_iqn is refused

@@ -506,7 +506,8 @@ def throttled_vm(lab, tmp_path):
         subprocess.run(["rm", "-rf", folder], check=False)
 
 
-# outside the CI budget (make test-slow); in CI: test_acquire_kvm.py kills a copy, test_acquire_esxi_iscsi.py a run with both hosts changed
+# outside the CI budget (make test-slow); in CI: a copy killed and resumed in tests/unit's test_copy.py, a run killed with
+# both hosts changed in test_acquire_esxi_iscsi.py
 @pytest.mark.slow
 def test_kill_9_during_a_copy_onto_the_lun_one_teardown_then_the_same_case_completes(iscsi, lab, throttled_vm):
     """The copy runs on after ansible-playbook is killed; ONE teardown stops it first (no "target is busy"), then

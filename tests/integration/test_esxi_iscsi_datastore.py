@@ -203,8 +203,6 @@ def journal_path(journal_dir, case):
 
 # -- the tests, in order: they share one simulator --------------------------------------------------------------
 
-# outside the CI budget (make test-slow); in CI: test_acquire_esxi_iscsi.py's check mode and its state=adapter
-@pytest.mark.slow
 def test_check_mode_changes_nothing_and_state_adapter_gives_the_iqn(bed, journal_dir):
     t0 = time.monotonic()
     before, adapter = bed.state()

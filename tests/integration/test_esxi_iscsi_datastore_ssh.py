@@ -246,8 +246,6 @@ def test_check_mode_changes_nothing_and_state_adapter_gives_the_iqn(bed, journal
     assert bed.state() == (before, ("vmhba64", bed.iqn))  # off again; the adapter stays until a reboot (ESXi)
 
 
-# outside the CI budget (make test-slow); in CI: test_acquire_esxi_ssh.py makes and releases the datastore over SSH
-@pytest.mark.slow
 def test_present_makes_the_datastore_on_exactly_the_lun_and_teardown_restores_the_host(bed, journal_dir):
     t0 = time.monotonic()
     before, adapter = bed.state()

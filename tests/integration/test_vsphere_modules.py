@@ -165,6 +165,8 @@ def test_memory_unsupported_is_refused(sim, capabilities_ok, tmp_path):
     assert not os.path.exists(str(tmp_path / "j" / "c-refused"))
 
 
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi.py's check mode, freeze and teardown, the host's tree compared before and after
+@pytest.mark.slow
 def test_snapshot_check_mode_then_freeze_then_teardown_restore_the_tree_exactly(sim, capabilities_ok, tmp_path):
     need_capabilities(capabilities_ok)
     name = sim["vms"][0]["name"]
