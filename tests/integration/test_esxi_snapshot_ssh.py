@@ -99,7 +99,8 @@ def test_2_a_wrong_host_key_is_refused_before_any_login(free):
     assert len(snapshot_records(free)) == before  # nothing journaled: the engine is connected before the freeze is planned
 
 
-# outside the CI budget (make test-slow); in CI: test_acquire_esxi_ssh.py freezes with vim-cmd, test_vmkfstools_clone_ssh.py's test_1 picks ssh on auto
+# outside the CI budget (make test-slow); in CI: test_acquire_esxi_ssh.py freezes with vim-cmd, and
+# test_vmkfstools_clone_ssh.py's test_1 picks ssh on auto for the free host
 @pytest.mark.slow
 def test_3_auto_picks_ssh_on_the_free_host_and_freezes_with_vim_cmd(free):
     ok, r, out = ansible_module("esxi_snapshot", snap_args(free, engine="auto"))

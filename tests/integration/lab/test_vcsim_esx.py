@@ -287,7 +287,7 @@ def test_esx_content(esx):
             assert vm.rootSnapshot == []
 
 
-# outside the CI budget (make test-slow); in CI: test_vsphere_modules.py and the ESXi acquisitions take and remove memory snapshots
+# outside the CI budget (make test-slow); in CI: the ESXi acquisitions take and remove memory snapshots
 @pytest.mark.slow
 def test_esx_memory_snapshot_cycle(esx):
     v = esx.labvm(CBT_VM)
