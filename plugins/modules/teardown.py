@@ -195,19 +195,8 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import Vmco
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ssh_option_spec
 
-# Modules that register undo handlers. libvirt is needed only when the journal holds KVM changes:
-# without it, those records fail to undo with the handler's own message.
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import lock as _journal_lock  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import running as _journal_running  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import snapshot as _kvm_snapshot  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._kvm import memory as _kvm_memory  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import target as _iscsi_target  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import snapshot as _vsphere_snapshot  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import clone as _vsphere_clone  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import clone as _esxi_shell_clone  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._vsphere import storage as _vsphere_storage  # noqa: F401 pylint: disable=unused-import
-from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import storage as _esxi_shell_storage  # noqa: F401 pylint: disable=unused-import
+# Each undo handler is imported when the journal holds a change of its kind (most journals hold a few kinds).
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import handlers as _handlers  # noqa: F401 pylint: disable=unused-import
 
 
 def argument_spec():

@@ -65,6 +65,9 @@ RUNNING = "module.running"
 
 # action name -> function(undo_dict, ctx) -> short sentence of what was (or would be) done
 UNDO_HANDLERS = {}
+# functions(action) that import the module registering ``action``'s handler, asked by ``replay`` when it has none
+# (_journal.handlers: the teardown module loads only what its journal needs)
+UNDO_LOADERS = []
 _MASK = "********"
 _SECRET_OPTION = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 
@@ -285,6 +288,10 @@ class Journal(object):
         undone = []
         for rec in records:
             handler = UNDO_HANDLERS.get(rec["action"])
+            if handler is None:
+                for loader in UNDO_LOADERS:
+                    loader(rec["action"])
+                handler = UNDO_HANDLERS.get(rec["action"])
             if handler is None:
                 raise JournalError("The journal %s holds a change of kind %r that this version cannot undo."
                                    % (self.path, rec["action"]), journal=self.path, undone=undone)

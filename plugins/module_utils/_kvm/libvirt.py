@@ -48,6 +48,7 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     LibvirtError,
     VmcollectError,
 )
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import DEFAULT_URI
 from ansible_collections.dfir.vmcollect.plugins.module_utils._host import runner as _runner
 
 try:
@@ -63,7 +64,6 @@ except ImportError:
     HAS_LIBVIRT = False
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
-DEFAULT_URI = "qemu:///system"
 QEMU_IMG_TIMEOUT = 60  # seconds for one `qemu-img info` (a hung NFS mount must not hang the task)
 SKIPPED_DEVICES = {"cdrom": "cdrom"}  # disk device -> reason it is not evidence to acquire
 _KNOWN_SHOWN = 30  # VM names listed in a "does not exist" message
