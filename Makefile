@@ -6,7 +6,7 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test test-slow test-cores molecule setup sanity lint unit integration build docs lab-up lab-down lab-status bench bench-lab clean
+.PHONY: help demo test test-slow test-cores molecule setup sanity lint unit integration build ee docs lab-up lab-down lab-status bench bench-lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -32,7 +32,7 @@ unit: setup  ## unit tests (no lab needed)
 integration: setup lab-up  ## integration tests on the lab (leaves the lab up)
 	VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider tests/integration
 
-test-slow: setup lab-up  ## the slow integration tests (marked slow, outside the CI run): guests of 4-8 GiB, NUMA, more kill and link faults
+test-slow: setup build lab-up  ## the slow integration tests (marked slow, outside the CI run): guests of 4-8 GiB, NUMA, more kill and link faults
 	VMCOLLECT_SLOW=1 VMCOLLECT_REQUIRE_LAB=1 $(PY) -m pytest -p no:cacheprovider -m slow tests/integration
 
 test-cores: setup  ## sanity + unit tests on each ansible-core 2.16-2.21, latest patch (slow, not in CI; CORES="2.16 2.21" for some)
@@ -40,6 +40,9 @@ test-cores: setup  ## sanity + unit tests on each ansible-core 2.16-2.21, latest
 
 molecule: setup build  ## every molecule scenario of the roles (extensions/molecule) on the lab; brings it up and down if it was down
 	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test --all
+
+ee: build  ## build the execution environment's image with podman (scripts/ee.sh: a Debian base by debootstrap, no registry)
+	scripts/ee.sh
 
 build: setup  ## ansible-galaxy collection build, checked for junk; ansible-doc of every module
 	scripts/build.sh

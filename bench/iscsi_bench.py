@@ -206,7 +206,9 @@ def machine():
     qsd = out(["qemu-storage-daemon", "--version"]).splitlines()
     return "%d CPUs (%s), kernel %s, Python %s, ansible-core %s, qemu-storage-daemon %s, tgt %s, %s" % (
         os.cpu_count(), model, os.uname().release, sys.version.split()[0],
-        out([os.path.join(VENV_BIN, "ansible"), "--version"]).splitlines()[0].split()[-1].rstrip("]"),
+        # the line "ansible [core X.Y.Z]" (a library's deprecation warning may come first: stderr is merged)
+        ([v.split()[-1].rstrip("]") for v in out([os.path.join(VENV_BIN, "ansible"), "--version"]).splitlines()
+          if v.startswith("ansible [core")] or ["?"])[0],
         qsd[0].split("version", 1)[-1].split()[0] if qsd else "?", out(["dpkg-query", "-W", "-f", "${Version}", "tgt"]),
         out(["cp", "--version"]).splitlines()[0])
 

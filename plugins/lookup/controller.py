@@ -51,6 +51,11 @@ _raw:
     ansible_core:
       description: ansible-core's version.
       type: str
+    pid:
+      description:
+        - The process id of ansible-playbook (the parent of the worker process that runs the lookup).
+        - Read without a command (an execution environment may have no C(ps)).
+      type: int
     playbooks:
       description: The playbooks named on the command line.
       type: list
@@ -73,6 +78,7 @@ _raw:
 """
 
 import getpass
+import os
 import re
 import socket
 
@@ -125,6 +131,8 @@ class LookupModule(LookupBase):
             "host": socket.gethostname(),
             "fqdn": socket.getfqdn(),
             "ansible_core": ANSIBLE_CORE,
+            # a lookup runs in the worker process that templates the task; its parent is ansible-playbook
+            "pid": os.getppid(),
             "playbooks": [to_native(p) for p in context.CLIARGS.get("args", ())],
             "extra_vars": redact(_plain(extra, secret_names)),
             "check_mode": bool(context.CLIARGS.get("check", False)),

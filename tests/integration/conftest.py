@@ -36,7 +36,8 @@ COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 LAB_GROUPS = {
     "test_lab.py": "kvm1", "test_acquire_kvm.py": "kvm1", "test_acquire_kvm_iscsi.py": "kvm1",
     "test_case_records.py": "kvm1", "test_iscsi_target_secrets.py": "kvm1", "test_memory_layout.py": "kvm1",
-    "test_targets.py": "kvm1", "test_awx_runner.py": "kvm1", "test_progress_lines.py": "kvm1",
+    "test_targets.py": "kvm1", "test_awx_runner.py": "kvm1", "test_awx_runner_ee.py": "kvm1",
+    "test_progress_lines.py": "kvm1",
     "test_molecule_kvm.py": "kvm1", "test_molecule_esxi.py": "esx1",
     # local VMFS images only, no ESXi: beside kvm1's tests, whose group ends the run sooner
     "test_vmfs_reader.py": "kvm1",

@@ -7,7 +7,8 @@
   the test and lint tools, and a line for Debian and one for RHEL for each program.
 - The Python bounds there are requirements.txt's.
 - `ansible-builder create` makes the build context of extensions/ee/execution-environment.yml, with the collection's
-  tarball in it. The image is not built here: the project's machines have no container engine.
+  tarball in it. The image itself is built with podman, and an acquisition run in it, by test_awx_runner_ee.py (slow:
+  make test-slow).
 """
 
 import os

@@ -46,3 +46,5 @@ def test_extra_vars_are_recorded_without_secrets_and_awx_is_named(tmp_path):
     assert who["awx_job_id"] == "4711" and who["awx_user_name"] == "jdoe"
     assert who["awx_job_template_name"] == "Acquire KVM"
     assert who["user"] and who["host"] and who["ansible_core"]
+    # ansible's pid: the lookup runs in a worker, a child of the `ansible` process (no `ps` is needed to tell it)
+    assert isinstance(who["pid"], int) and who["pid"] > 1 and who["pid"] != os.getpid()
