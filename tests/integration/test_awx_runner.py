@@ -94,15 +94,24 @@ def job(lab, tmp_path_factory):
                            "--ident", str(JOB_ID)], env=env, cwd=pdd, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=900, check=False)
     artifacts = os.path.join(pdd, "artifacts", str(JOB_ID))
+    yield {"proc": proc, "pdd": pdd, "artifacts": artifacts, "events": job_events(artifacts), "key": key, "work": work,
+           "case_dir": os.path.join(work, "evidence", CASE)}
+    teardown(lab, CASE, work)
+
+
+def job_events(artifacts):
+    """The job's events, as AWX reads them from ansible-runner's artifacts, in their order."""
     events = []
     for path in glob.glob(os.path.join(artifacts, "job_events", "*.json")):
         with open(path) as f:
             events.append(json.load(f))
-    events.sort(key=lambda e: e.get("counter", 0))
-    yield {"proc": proc, "pdd": pdd, "artifacts": artifacts, "events": events, "key": key, "work": work,
-           "case_dir": os.path.join(work, "evidence", CASE)}
+    return sorted(events, key=lambda e: e.get("counter", 0))
+
+
+def teardown(lab, case, work):
+    """Whatever the job left of the case on the lab's hosts is undone (after the tests read the evidence)."""
     subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), os.path.join(ROOT, "playbooks", "teardown.yml"),
-                    "-e", "vmcollect_case_id=" + CASE, "-e", "vmcollect_journal_dir=" + os.path.join(work, "journal")],
+                    "-e", "vmcollect_case_id=" + case, "-e", "vmcollect_journal_dir=" + os.path.join(work, "journal")],
                    env=dict(os.environ, ANSIBLE_CONFIG=lab["ansible_cfg"], ANSIBLE_COLLECTIONS_PATH=COLLECTIONS),
                    cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -12,15 +12,14 @@ process isolation, inside the image scripts/ee.sh builds with podman (extensions
   machine credential loaded into an ssh-agent inside it, and the lab's known hosts mounted read-only.
 """
 
-import glob
 import json
 import os
 import subprocess
 
 import pytest
 
-from conftest import COLLECTIONS, ROOT, VENV_BIN
-from test_awx_runner import _inventory_script
+from conftest import ROOT, VENV_BIN
+from test_awx_runner import _inventory_script, job_events, teardown
 
 pytestmark = pytest.mark.slow  # outside the CI budget (make test-slow); in CI: test_awx_runner.py, test_execution_environment.py
 
@@ -89,16 +88,9 @@ def job(lab, image, tmp_path_factory):
                           env=env, cwd=pdd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                           timeout=900, check=False)
     artifacts = os.path.join(pdd, "artifacts", str(JOB_ID))
-    events = []
-    for path in glob.glob(os.path.join(artifacts, "job_events", "*.json")):
-        with open(path) as f:
-            events.append(json.load(f))
-    events.sort(key=lambda e: e.get("counter", 0))
-    yield {"proc": proc, "artifacts": artifacts, "events": events, "case_dir": os.path.join(work, "evidence", CASE)}
-    subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), os.path.join(ROOT, "playbooks", "teardown.yml"),
-                    "-e", "vmcollect_case_id=" + CASE, "-e", "vmcollect_journal_dir=" + os.path.join(work, "journal")],
-                   env=dict(os.environ, ANSIBLE_CONFIG=lab["ansible_cfg"], ANSIBLE_COLLECTIONS_PATH=COLLECTIONS),
-                   cwd=ROOT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield {"proc": proc, "artifacts": artifacts, "events": job_events(artifacts),
+           "case_dir": os.path.join(work, "evidence", CASE)}
+    teardown(lab, CASE, work)
 
 
 def _stdout(job):
