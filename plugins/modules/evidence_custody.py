@@ -164,7 +164,6 @@ broken_at:
   type: int
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -198,12 +197,9 @@ def main():
             result = custody.verify(p["path"])
             result["changed"] = False
         else:
-            result = custody.append(p["path"], p["case_id"], p["events"], controller=p["controller"],
-                                    continue_from=p["continue_from"], check_mode=module.check_mode,
-                                    create=p["create"])
-            result["copied"] = [] if result.get("missing") else custody.keep_copies(
-                os.path.dirname(result["path"]), p["keep_copies"], check_mode=module.check_mode)
-            result["changed"] = result["changed"] or bool(result["copied"])
+            result = custody.append_keeping(p["path"], p["case_id"], p["events"], controller=p["controller"],
+                                            continue_from=p["continue_from"], keep=p["keep_copies"],
+                                            check_mode=module.check_mode, create=p["create"])
     except VmcollectError as exc:
         fail_module(module, exc, changed=result["changed"])
     module.exit_json(**result)

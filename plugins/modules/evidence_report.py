@@ -70,6 +70,35 @@ options:
         description: Name of the plain-text report.
         type: str
         default: report.txt
+  custody:
+    description:
+      - Records to append to the case's custody log (C(custody.jsonl) in O(case_dir)) before the reports are written,
+        in the same task, as M(dfir.vmcollect.evidence_custody) appends them (each chained to the last by SHA-256), so
+        that the reports show them. Nothing is written when they cannot be appended.
+    type: dict
+    suboptions:
+      case_id:
+        description: The case the log belongs to; a log of another case is refused.
+        type: str
+        required: true
+      events:
+        description: The events, each with C(event) (one lower-case word), C(module), C(summary) and C(details).
+        type: list
+        elements: dict
+        required: true
+      controller:
+        description: Who ran the job from where (lookup C(dfir.vmcollect.controller)), in every record.
+        type: dict
+        default: {}
+      continue_from:
+        description: A custody log this one continues (see M(dfir.vmcollect.evidence_custody)'s O(ignore:continue_from)).
+        type: path
+      keep_copies:
+        description: Files copied byte for byte into O(case_dir) under their own names once the records are appended
+          (see M(dfir.vmcollect.evidence_custody)'s O(ignore:keep_copies)).
+        type: list
+        elements: path
+        default: []
 extends_documentation_fragment:
   - dfir.vmcollect.attributes
 attributes:
@@ -160,6 +189,11 @@ integrity:
     signed:
       description: Whether O(signing) was given.
       type: bool
+custody:
+  description: What was appended to the custody log and copied beside it (as M(dfir.vmcollect.evidence_custody)
+    returns it).
+  returned: when O(custody) is given
+  type: dict
 as_of:
   description: The time the reports show (the last custody record's, or the manifest's last update).
   returned: always
@@ -171,9 +205,12 @@ msg:
   type: str
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
+from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence import custody
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.report import write_reports
 
 
@@ -188,15 +225,31 @@ def main():
                 html=dict(type="str", default="report.html"),
                 txt=dict(type="str", default="report.txt"),
             )),
+            custody=dict(type="dict", options=dict(
+                case_id=dict(type="str", required=True),
+                events=dict(type="list", elements="dict", required=True),
+                controller=dict(type="dict", default={}),
+                continue_from=dict(type="path"),
+                keep_copies=dict(type="list", elements="path", default=[]),
+            )),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    appended = None
     try:
+        c = p["custody"]
+        if c:
+            appended = custody.append_keeping(os.path.join(p["case_dir"], custody.NAME), c["case_id"], c["events"],
+                                              controller=c["controller"], continue_from=c["continue_from"],
+                                              keep=c["keep_copies"], check_mode=module.check_mode)
         result = write_reports(p["case_dir"], verification_files=p["verification_files"], signing=p["signing"],
                                out_dir=p["out_dir"], names=p["names"], check_mode=module.check_mode)
     except VmcollectError as exc:
-        fail_module(module, exc, changed=False)
+        fail_module(module, exc, changed=bool(appended and appended["changed"]))
+    if appended is not None:
+        result["custody"] = appended
+        result["changed"] = result["changed"] or appended["changed"]
     files = [result[k]["path"] for k in ("html", "txt") if result[k]["changed"]]
     if not files:
         result["msg"] = "%s and %s are up to date." % (result["html"]["path"], result["txt"]["path"])

@@ -123,6 +123,13 @@ options:
     type: str
     choices: [if_blank, never, force]
     default: if_blank
+  teardown:
+    description:
+      - With O(state=absent), once the LUN is detached, undo every other change the case's journal holds on this host,
+        newest first, as M(dfir.vmcollect.teardown) does (the case lock, what is left at work) - one module run for
+        both. Nothing more is undone when the detach fails. What it undid is RV(teardown).
+    type: bool
+    default: false
   read_only:
     description:
       - Attach a LUN that already holds evidence without writing a byte to it. Not even the filesystem's
@@ -180,6 +187,13 @@ EXAMPLES = r"""
     case_id: case-42
     mountpoint: /srv/evidence/case-42
     state: absent
+
+- name: Detach it, then undo whatever else the case left on the host (its case lock), in one module run
+  dfir.vmcollect.iscsi_attach:
+    case_id: case-42
+    mountpoint: /srv/evidence/case-42
+    state: absent
+    teardown: true
 
 - name: Attach a LUN that holds evidence again, without writing to it (not even its superblock)
   dfir.vmcollect.iscsi_attach:
@@ -271,6 +285,11 @@ undone:
   returned: state=absent
   type: list
   elements: dict
+teardown:
+  description: With O(teardown=true), what the teardown of the rest of the journal did, as M(dfir.vmcollect.teardown)
+    returns it - C(undone), C(kept), C(records), C(removed), C(journal).
+  returned: state=absent and O(teardown=true)
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -278,6 +297,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
+# teardown=true may meet any change of the case on the host (a per-VM teardown that failed leaves the guest's): the
+# undo handlers are loaded as the journal names them, as the teardown module loads them
+from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import handlers as _handlers  # noqa: F401 pylint: disable=unused-import
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._iscsi import initiator as _iscsi_initiator
 
@@ -303,6 +325,7 @@ def main():
             format=dict(type="str", choices=["if_blank", "never", "force"], default="if_blank"),
             run_dir=dict(type="path"),
             read_only=dict(type="bool", default=False),
+            teardown=dict(type="bool", default=False),
             **journal_spec()
         ),
         required_if=[("state", "present", ("portal_address", "target_iqn", "initiator_iqn"))],
@@ -313,10 +336,16 @@ def main():
     try:
         journal = Journal(p.pop("case_id"), p.pop("journal_dir"))
         p["case_id"] = journal.case_id
+        teardown = p.pop("teardown")
         if p["state"] == "present":
             result = _iscsi_initiator.attach(journal, p, check_mode=module.check_mode)
         else:
             result = _iscsi_initiator.detach(journal, p, check_mode=module.check_mode)
+            if teardown:
+                rest = journal.teardown(check_mode=module.check_mode)
+                result["teardown"] = dict(((k, rest[k]) for k in ("undone", "kept", "records", "removed")),
+                                          journal=journal.path)
+                result["changed"] = result["changed"] or bool(rest["undone"]) or rest["removed"]
     except VmcollectError as exc:
         fail_module(module, exc, changed=False)
     module.exit_json(**result)

@@ -47,7 +47,7 @@ LAB_GROUPS = {
     "test_vmkfstools_clone.py": "esx1", "test_vmkfstools_clone_ssh.py": "esx1", "test_vsphere_modules.py": "esx1",
     "lab/test_esxi_shell.py": "esx1", "lab/test_sesparse.py": "esx1", "lab/test_vcsim_esx.py": "esx1",
     "lab/test_vcsim_lab.py": "esx1", "lab/test_vcsim_storage.py": "esx1",
-    "test_ssh_client.py": None, "test_verify_evidence_signed.py": None, "test_execution_environment.py": None,
+    "test_ssh_client.py": None, "test_volume_verify.py": None, "test_verify_evidence_signed.py": None, "test_execution_environment.py": None,
     "lab/test_lab_lifecycle.py": "alone",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -88,11 +88,11 @@ def test_check_mode_changes_nothing(acquisition):
 
 
 def test_the_clones_and_the_collectors_hashing_show_their_progress(acquisition):
-    """vmkfstools_clone's and hash_verify's action plugins print a line every 0.25 s (the lab's copy task reports
+    """vmkfstools_clone's and volume_verify's action plugins print a line every 0.25 s (the lab's copy task reports
     no percent: the line says how long it has been at work)."""
     out = acquisition["first"].stdout
     assert re.search(r"^PROGRESS \[[^]]+\] vmkfstools_clone, \d+s in: ", out, re.M), out[-3000:]
-    assert re.search(r"^PROGRESS \[collector1\] hash_verify, \d+s in: ", out, re.M), out[-3000:]
+    assert re.search(r"^PROGRESS \[collector1\] volume_verify, \d+s in: ", out, re.M), out[-3000:]
 
 
 def test_acquisition_restores_the_host_and_verifies_on_the_collector(acquisition):

@@ -547,7 +547,7 @@ def test_kill_9_during_the_collectors_verification_one_teardown_then_the_same_ca
     work = iscsi["work"]
     case = "case-iscsi-kill-verify"
     args = _args(lab, work, case, [lab["guest"]["name"]])
-    _kill_when(lab, args, lambda: pending_at_work(case_journal_records(os.path.join(work, "journal", case)), "hash_verify")
+    _kill_when(lab, args, lambda: pending_at_work(case_journal_records(os.path.join(work, "journal", case)), "volume_verify")
                and os.path.exists(os.path.join(work, "verify", case)))
     _teardown_once(lab, work, case)
     assert _host_traces(lab, work, case) == []

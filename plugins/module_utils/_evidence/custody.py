@@ -217,6 +217,17 @@ def append(path, case_id, events, controller=None, continue_from=None, check_mod
             "appended": len(new), "records": seq, "last_sha256": prev, "created_folders": missing}
 
 
+def append_keeping(path, case_id, events, controller=None, continue_from=None, keep=(), check_mode=False, create=True):
+    """``append``, then ``keep_copies`` of ``keep`` into the log's folder (not when ``create=False`` left a missing log
+    so); the result of ``append`` with ``copied`` added, ``changed`` when either wrote (or would)."""
+    result = append(path, case_id, events, controller=controller, continue_from=continue_from, check_mode=check_mode,
+                    create=create)
+    result["copied"] = [] if result.get("missing") else keep_copies(os.path.dirname(result["path"]), keep,
+                                                                    check_mode=check_mode)
+    result["changed"] = result["changed"] or bool(result["copied"])
+    return result
+
+
 def keep_copies(folder, sources, check_mode=False):
     """Copy each file of ``sources`` byte for byte into ``folder`` under its own name (mode :data:`FILE_MODE`, written
     whole then renamed, fsynced). A copy that already holds the same bytes is left as it is; one that differs is

@@ -167,3 +167,22 @@ def test_keep_copies_checks_every_path_before_copying_any(tmp_path):
     with pytest.raises(InvalidInputError, match="Nothing was copied"):
         c.keep_copies(str(records), [str(tmp_path / "manifest.json"), "SHA256SUMS"])
     assert not list(records.iterdir())
+
+
+def test_append_keeping_appends_then_copies_and_leaves_a_missing_log_missing(tmp_path):
+    """What evidence_custody and evidence_report's custody option run: the records first, then the copies beside."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "manifest.json").write_bytes(b'{"artifacts": {}}\n')
+    host_log = str(volume / c.NAME)
+    c.append(host_log, "case-1", [ev("plan")])
+    path = str(tmp_path / "records" / c.NAME)
+    keep = [str(volume / "manifest.json")]
+    out = c.append_keeping(path, "case-1", [ev("verify")], continue_from=host_log, keep=keep)
+    assert out["changed"] and out["imported"] and out["records"] == 2
+    assert out["copied"] == [str(tmp_path / "records" / "manifest.json")]
+    assert raw(str(tmp_path / "records" / "manifest.json")) == raw(keep[0])
+    again = c.append_keeping(path, "case-1", [], continue_from=host_log, keep=keep)
+    assert not again["changed"] and again["copied"] == []
+    missing = c.append_keeping(str(tmp_path / "none" / c.NAME), "case-1", [ev("x")], keep=keep, create=False)
+    assert missing["missing"] and missing["copied"] == [] and not (tmp_path / "none").exists()
