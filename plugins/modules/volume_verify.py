@@ -28,6 +28,10 @@ description:
   - Only then appends a verification record to O(record) (one JSON line, as M(dfir.vmcollect.evidence_record) writes
     it; earlier records are kept).
   - A failure leaves the volume mounted read-only as journaled, for examination; nothing is written to O(record).
+  - A killed playbook does not stop it, as it stops no module run. While it hashes it is journaled as at work, so the
+    case's teardown stops it then, and nothing is recorded. Once the hashing has ended it records what it found, and
+    ends - a teardown that comes later finds a record that is true, of a verification no custody log of that run names
+    (the next run's custody log names its own record).
 author:
   - dfir.vmcollect maintainers (@dfir-vmcollect)
 requirements:
