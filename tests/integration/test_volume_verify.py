@@ -173,11 +173,18 @@ def test_a_link_in_place_of_a_record_is_refused(tmp_path, undo, name):
     assert "is not a regular file" in err.value.message and name in err.value.message
 
 
-def test_an_artifact_path_outside_the_case_is_refused(tmp_path, undo):
+@pytest.mark.parametrize("artifact, says", [
+    ({"path": "../../etc/passwd"}, "not inside the case folder"),
+    ({"digests": {}}, "has no digests"),
+    ({"digests": "0" * 64}, "has no digests"),
+    ("vm/a.raw", "is not described by an object"),
+])
+def test_an_artifact_outside_the_case_or_without_digests_is_refused(tmp_path, undo, artifact, says):
     image, artifacts = _volume(tmp_path, {"vm/a.raw": b"a"}, manifest=False)
+    told = dict(artifacts["vm/a.raw"], **artifact) if isinstance(artifact, dict) else artifact
     with pytest.raises(ManifestError) as err:
-        _run(tmp_path, image, source_artifacts={"x": dict(artifacts["vm/a.raw"], path="../../etc/passwd")})
-    assert "not inside the case folder" in err.value.message
+        _run(tmp_path, image, source_artifacts={"x": told})
+    assert says in err.value.message
 
 
 def test_the_module_checks_then_verifies(tmp_path):

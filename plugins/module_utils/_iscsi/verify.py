@@ -91,7 +91,7 @@ def read_manifest(path, volume):
 
 
 def _digests(artifacts):
-    return dict((name, (a or {}).get("digests")) for name, a in artifacts.items())
+    return dict((name, a.get("digests") if isinstance(a, dict) else a) for name, a in artifacts.items())
 
 
 def check_against_source(manifest, source_artifacts, path, volume):
@@ -110,11 +110,14 @@ def expected_digests(artifacts, case_dir):
     """``{absolute path on the mounted volume: digests}`` of each artifact (its ``path`` is relative to the case)."""
     expected = {}
     for name, a in artifacts.items():
-        rel = (a or {}).get("path", name)
+        if not isinstance(a, dict):
+            raise ManifestError("The artifact %r is not described by an object with its path and digests. %s"
+                                % (name, LEFT))
+        rel = a.get("path", name)
         if not isinstance(rel, str) or os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == "..":
             raise ManifestError("The artifact %r names the path %r, which is not inside the case folder. %s"
                                 % (name, rel, LEFT))
-        if not (a or {}).get("digests"):
+        if not isinstance(a.get("digests"), dict) or not a["digests"]:
             raise ManifestError("The artifact %r has no digests to verify it against. %s" % (name, LEFT))
         expected[os.path.join(case_dir, os.path.normpath(rel))] = a["digests"]
     return normalize_expected(expected)
