@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    """The ``ssh`` option of the ESXi modules with an ``engine`` (module_utils._esxi_shell.host.ssh_option_spec): how
+    """The ``ssh`` option of the ESXi modules with an ``engine`` (module_utils._argspec.ssh_option_spec): how
     the SSH engine logs in to the ESXi host named by ``hostname``."""
 
     DOCUMENTATION = r"""

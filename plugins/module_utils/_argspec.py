@@ -13,6 +13,12 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal im
 # that only takes a journal does not import libvirt's bindings to build its argument spec: ~55 ms of every module run.
 DEFAULT_URI = "qemu:///system"
 
+# The SSH engine's defaults (_ssh.client uses them). They live here, not in _ssh.client, so that a module whose
+# argument spec has the ``ssh`` option (teardown) does not import the SSH client and paramiko to build it.
+SSH_DEFAULT_PORT = 22
+SSH_DEFAULT_TIMEOUT = 30  # seconds: the TCP connection, the SSH banner, the key exchange, the login, opening a channel
+SSH_DEFAULT_COMMAND_TIMEOUT = 3600  # seconds: one command (a thin clone of a large disk takes long; give more per call)
+
 # AnsibleModule keyword arguments that go with kvm_vm_spec()
 KVM_VM_RULES = {"required_one_of": [("name", "uuid")], "mutually_exclusive": [("name", "uuid")]}
 
@@ -34,3 +40,18 @@ def journal_spec(required=True):
         case_id=dict(type="str", required=required),
         journal_dir=dict(type="path", default=DEFAULT_JOURNAL_DIR),
     )
+
+
+def ssh_option_spec():
+    """The ``ssh`` option of the modules with an ``engine``, and of teardown (doc fragment dfir.vmcollect.esxi_ssh)."""
+    return dict(type="dict", options=dict(
+        port=dict(type="int", default=SSH_DEFAULT_PORT),
+        username=dict(type="str"),
+        password=dict(type="str", no_log=True),
+        private_key_file=dict(type="path", no_log=False),
+        private_key_passphrase=dict(type="str", no_log=True),
+        known_hosts=dict(type="path"),
+        host_key_fingerprint=dict(type="str", no_log=False),
+        timeout=dict(type="int", default=SSH_DEFAULT_TIMEOUT),
+        command_timeout=dict(type="int", default=SSH_DEFAULT_COMMAND_TIMEOUT),
+    ))

@@ -269,7 +269,7 @@ note:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec, ssh_option_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work
@@ -287,7 +287,6 @@ from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host im
     Shell,
     choose_engine,
     ssh_client,
-    ssh_option_spec,
 )
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import storage as _shell_storage
 

@@ -259,7 +259,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
-from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ENGINES, choose_engine, ssh_client, ssh_option_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import ssh_option_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ENGINES, choose_engine, ssh_client
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.snapshot import ShellSnapshots
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.running import at_work

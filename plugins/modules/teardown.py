@@ -190,10 +190,9 @@ journal:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec, ssh_option_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal
-from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ssh_option_spec
 
 # Each undo handler is imported when the journal holds a change of its kind (most journals hold a few kinds).
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal import handlers as _handlers  # noqa: F401 pylint: disable=unused-import

@@ -434,7 +434,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import journal_spec
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import VmcollectError, fail_module
 from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell import clone as _esxi_clone
-from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ENGINES, choose_engine, ssh_option_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import ssh_option_spec
+from ansible_collections.dfir.vmcollect.plugins.module_utils._esxi_shell.host import ENGINES, choose_engine
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.copy import progress_file_for
 from ansible_collections.dfir.vmcollect.plugins.module_utils._evidence.hashing import DEFAULT_BLOCK_SIZE, SUPPORTED_ALGORITHMS
 from ansible_collections.dfir.vmcollect.plugins.module_utils._journal.journal import Journal

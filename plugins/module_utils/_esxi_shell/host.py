@@ -46,21 +46,6 @@ class EsxiShellError(VmcollectError):
     """A command of the ESXi shell failed or said something this version does not read."""
 
 
-def ssh_option_spec():
-    """The ``ssh`` option of the modules with an ``engine`` (doc fragment dfir.vmcollect.esxi_ssh)."""
-    return dict(type="dict", options=dict(
-        port=dict(type="int", default=DEFAULT_PORT),
-        username=dict(type="str"),
-        password=dict(type="str", no_log=True),
-        private_key_file=dict(type="path", no_log=False),
-        private_key_passphrase=dict(type="str", no_log=True),
-        known_hosts=dict(type="path"),
-        host_key_fingerprint=dict(type="str", no_log=False),
-        timeout=dict(type="int", default=DEFAULT_TIMEOUT),
-        command_timeout=dict(type="int", default=DEFAULT_COMMAND_TIMEOUT),
-    ))
-
-
 def ssh_client(params):
     """An SshClient to ``params['hostname']`` with ``params['ssh']`` (see the module docstring for the defaults)."""
     ssh = dict((k, v) for k, v in (params.get("ssh") or {}).items() if v is not None)

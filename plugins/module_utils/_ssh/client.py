@@ -62,6 +62,11 @@ import threading
 import time
 import traceback
 
+from ansible_collections.dfir.vmcollect.plugins.module_utils._argspec import (
+    SSH_DEFAULT_COMMAND_TIMEOUT,
+    SSH_DEFAULT_PORT,
+    SSH_DEFAULT_TIMEOUT,
+)
 from ansible_collections.dfir.vmcollect.plugins.module_utils._errors import (
     InvalidInputError,
     SshCommandError,
@@ -82,10 +87,11 @@ except ImportError:
     HAS_PARAMIKO = False
     PARAMIKO_IMPORT_ERROR = traceback.format_exc()
 
-DEFAULT_PORT = 22
+# the port and the two timeouts are the ssh option's defaults, which _argspec holds (see there)
+DEFAULT_PORT = SSH_DEFAULT_PORT
 DEFAULT_USERNAME = "root"
-DEFAULT_TIMEOUT = 30  # seconds: the TCP connection, the SSH banner, the key exchange, the login, opening a channel
-DEFAULT_COMMAND_TIMEOUT = 3600  # seconds: one command (a thin clone of a large disk takes long; give more per call)
+DEFAULT_TIMEOUT = SSH_DEFAULT_TIMEOUT
+DEFAULT_COMMAND_TIMEOUT = SSH_DEFAULT_COMMAND_TIMEOUT
 DEFAULT_KEEPALIVE = 30  # seconds between keepalive messages on an idle connection (0: none)
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 MAX_OUTPUT = 64 * 1024 * 1024  # bytes kept of a command's stdout, and of its stderr

@@ -75,3 +75,25 @@ def test_an_unknown_action_loads_every_handler_then_is_refused(tmp_path):
                   % (PKG, PKG, str(tmp_path / "journal"), str(tmp_path / "nothing.lock")))
     assert "cannot undo" in got["msg"] and "future.thing" in got["msg"]
     assert set(ACTIONS) <= set(got["all"])
+
+
+def test_teardowns_argument_spec_imports_no_ssh_client_and_no_handler():
+    """teardown's ``ssh`` option comes from _argspec: building its argument spec loads neither the SSH client (paramiko)
+    nor any handler module; a journal of the host's changes loads what it names, no more."""
+    got = _python("import json, sys\n"
+                  "from %s_argspec import journal_spec, ssh_option_spec\n"
+                  "from %s_journal import handlers\n"
+                  "spec = dict(ssh=ssh_option_spec(), **journal_spec())\n"
+                  "print(json.dumps({'ssh': any(m.endswith(('_ssh.client', '_esxi_shell.host')) for m in sys.modules),\n"
+                  "                  'paramiko': 'paramiko' in sys.modules,\n"
+                  "                  'port': spec['ssh']['options']['port']['default']}))" % (PKG, PKG))
+    assert got == {"ssh": False, "paramiko": False, "port": 22}
+
+
+def test_the_ssh_clients_defaults_are_the_ssh_options():
+    from ansible_collections.dfir.vmcollect.plugins.module_utils import _argspec
+    from ansible_collections.dfir.vmcollect.plugins.module_utils._ssh import client
+    options = _argspec.ssh_option_spec()["options"]
+    assert options["port"]["default"] == client.DEFAULT_PORT == 22
+    assert options["timeout"]["default"] == client.DEFAULT_TIMEOUT
+    assert options["command_timeout"]["default"] == client.DEFAULT_COMMAND_TIMEOUT
