@@ -79,12 +79,8 @@ def undo(tmp_path):
     """Undo whatever a test left mounted (the journal's teardown, as the collector's release does)."""
     yield
     if os.path.exists(str(tmp_path / "journal")):
-        _teardown(Journal(CASE, str(tmp_path / "journal")))
+        Journal(CASE, str(tmp_path / "journal")).teardown()
     assert not os.path.ismount(str(tmp_path / "mnt"))
-
-
-def _teardown(journal):
-    journal.teardown()
 
 
 def _records(image):
